@@ -1,0 +1,42 @@
+"""The root Typer app. Import-light: commands import heavy modules inside their bodies."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from cli import output
+from runtime.errors import StackletError
+
+app = typer.Typer(
+    name="stacklet",
+    help="Pull models from Hugging Face and serve them through an OpenAI-compatible API.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _register() -> None:
+    from cli.commands import models
+
+    models.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    """Console entry point: StackletError -> one line on stderr and its exit code."""
+    try:
+        app()
+    except StackletError as exc:
+        if os.environ.get("STACKLET_DEBUG") == "1":
+            raise
+        output.error(exc.message)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        output.error("Interrupted.")
+        sys.exit(130)

@@ -1,0 +1,156 @@
+"""Settings and paths.
+
+Precedence: explicit overrides (CLI flags) > STACKLET_* environment > config file > defaults.
+Every path comes from platformdirs and moves under STACKLET_HOME when it is set.
+Kept free of heavy imports: the CLI loads this on every start.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from runtime.engines.options import EngineOptions
+from runtime.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+APP_NAME = "stacklet"
+ENV_PREFIX = "STACKLET_"
+
+
+@dataclass(frozen=True)
+class Paths:
+    cache: Path  # Hugging Face cache layout (blobs + snapshots)
+    data: Path  # SQLite registry, keys
+    config: Path  # config.toml
+    state: Path  # server pid/port/token, worker sockets
+    logs: Path
+
+    @classmethod
+    def resolve(cls, home: str | None) -> Paths:
+        if home:
+            root = Path(home).expanduser().absolute()
+            return cls(root / "cache", root / "data", root / "config", root / "state", root / "logs")
+        import platformdirs
+
+        return cls(
+            Path(platformdirs.user_cache_dir(APP_NAME)),
+            Path(platformdirs.user_data_dir(APP_NAME)),
+            Path(platformdirs.user_config_dir(APP_NAME)),
+            Path(platformdirs.user_state_dir(APP_NAME)),
+            Path(platformdirs.user_log_dir(APP_NAME)),
+        )
+
+    @property
+    def models(self) -> Path:
+        return self.cache / "hub"
+
+    @property
+    def database(self) -> Path:
+        return self.data / "stacklet.db"
+
+    @property
+    def config_file(self) -> Path:
+        return self.config / "config.toml"
+
+    def ensure(self) -> Paths:
+        for path in (self.cache, self.data, self.config, self.state, self.logs):
+            path.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    auth: bool = True
+    keep_alive: float = 300.0  # seconds an idle model stays loaded; negative = forever
+    max_loaded_models: int = 0  # 0 = limited by the memory budget only
+    memory_budget: int = 0  # bytes; 0 = derived from system RAM (and VRAM when offloading)
+    max_queue: int = 64  # waiting requests per model before 503
+    max_body_bytes: int = 25 * 1024 * 1024  # JSON bodies and uploads (OpenAI's audio limit)
+    cors_origins: tuple[str, ...] = ("*",)
+    strict_params: bool = False  # reject unknown request fields like OpenAI does
+    image_url_ttl: float = 3600.0  # seconds a generated image stays fetchable by URL
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    paths: Paths = field(default_factory=lambda: Paths.resolve(None))
+
+    @classmethod
+    def load(cls, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        paths = Paths.resolve(env.get(ENV_PREFIX + "HOME"))
+        values: dict[str, Any] = {}
+        values.update(_read_config_file(paths.config_file))
+        values.update(_read_env(env))
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        engine_values = values.pop("engine", {})
+        settings = cls(paths=paths, **_coerce(values))
+        return replace(settings, engine=EngineOptions.from_dict(engine_values))
+
+
+_FIELD_TYPES = {f.name: f.type for f in fields(Settings) if f.name not in ("engine", "paths")}
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"Cannot read {path}: {exc}. Fix or delete the file.") from exc
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _read_env(env: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in _FIELD_TYPES:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = raw
+    engine = {
+        name: env[ENV_PREFIX + name.upper()]
+        for name in EngineOptions.field_names()
+        if ENV_PREFIX + name.upper() in env
+    }
+    if engine:
+        values["engine"] = engine
+    return values
+
+
+def _coerce(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, raw in values.items():
+        kind = _FIELD_TYPES.get(name)
+        if kind is None:
+            raise ConfigError(f"Unknown setting '{name}'. Remove it from the config file or environment.")
+        out[name] = _convert(name, kind, raw)
+    return out
+
+
+def _convert(name: str, kind: str, raw: Any) -> Any:
+    try:
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(raw).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind.startswith("tuple"):
+            items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
+            return tuple(str(i).strip() for i in items if str(i).strip())
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"Invalid value {raw!r} for setting '{name}' (expected {kind}).") from None

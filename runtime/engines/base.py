@@ -1,0 +1,199 @@
+"""The engine contract: one small interface per capability.
+
+Engines never see OpenAI wire schemas (runtime/protocol); the worker adapters translate between
+the two. Engines are synchronous and may block: the worker calls them from threads. Long-running
+calls take a `cancel` event and stop at the next step once it is set. Engines raise
+runtime.errors, never HTTP exceptions.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from runtime.engines.options import EngineOptions
+
+KINDS = ("llm", "embedding", "image", "speech", "transcription")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a worker needs to load one model (built from the registry)."""
+
+    name: str
+    kind: str  # one of KINDS
+    engine: str  # "llama", "diffusion", "piper", "whisper" or "fake"
+    files: dict[str, Path]  # role -> path; "model" always, plus e.g. "mmproj", "vae", "taesd", "config"
+    metadata: dict[str, Any] = field(default_factory=dict)
+    options: EngineOptions = field(default_factory=EngineOptions)
+
+
+class Engine(Protocol):
+    capabilities: frozenset[str]  # subset of "chat", "completions", "embeddings", "images",
+    #                               "image_edits", "speech", "transcriptions", "translations"
+
+    def info(self) -> dict[str, Any]:
+        """Facts for /models meta and `ps`: context length, voices, sizes, options in effect."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# Text (llama.cpp)
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int | None = None  # None = until the context is full
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    stop: list[str] = field(default_factory=list)
+    logprobs: int | None = None  # None = no logprobs; N = this many alternatives per token
+    grammar: str | None = None  # GBNF that constrains the output
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float
+    bytes: list[int]
+    top: list[tuple[str, float, list[int]]] = field(default_factory=list)
+
+
+@dataclass
+class TextDelta:
+    """A step of one choice: new text (possibly empty) and, on the last step, a finish reason."""
+
+    index: int
+    text: str
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop" or "length"
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@runtime_checkable
+class TextEngine(Protocol):
+    context_length: int
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]: ...
+
+    def detokenize(self, tokens: list[int]) -> str: ...
+
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+        """Apply the model's chat template (with the generation prompt)."""
+        ...
+
+    def generate(self, prompt: list[int], params: SamplingParams, n: int, usage: Usage,
+                 cancel: threading.Event) -> Iterator[TextDelta]:
+        """Stream deltas for n choices of one prompt; fills `usage` as it goes."""
+        ...
+
+    def embed(self, inputs: list[list[int]], cancel: threading.Event) -> list[list[float]]:
+        """One normalised vector per input, pooled as the model's metadata says."""
+        ...
+
+
+# Images (stable-diffusion.cpp)
+
+
+@dataclass
+class ImageParams:
+    prompt: str
+    width: int
+    height: int
+    n: int = 1
+    negative_prompt: str = ""
+    seed: int | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None
+    sampler: str | None = None
+    scheduler: str | None = None
+    init_images: list[Any] = field(default_factory=list)  # PIL images for edits
+    mask: Any = None  # PIL "L" image, white = repaint
+    strength: float | None = None
+
+
+@runtime_checkable
+class ImageEngine(Protocol):
+    def generate_images(self, params: ImageParams, cancel: threading.Event,
+                        on_preview: Any = None) -> list[Any]:
+        """PIL images; `on_preview(image)` is called with partial results when given."""
+        ...
+
+
+# Audio
+
+
+@dataclass
+class SpeechChunk:
+    samples: Any  # numpy int16 mono at `sample_rate`
+    sample_rate: int
+
+
+@runtime_checkable
+class SpeechEngine(Protocol):
+    voices: list[str]
+
+    def synthesize(self, text: str, voice: str | None, speed: float,
+                   cancel: threading.Event) -> Iterator[SpeechChunk]:
+        """Audio sentence by sentence, as soon as each is ready."""
+        ...
+
+
+@dataclass
+class TranscriptWord:
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass
+class TranscriptSegment:
+    id: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int] = field(default_factory=list)
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    temperature: float = 0.0
+    words: list[TranscriptWord] = field(default_factory=list)
+
+
+@dataclass
+class TranscriptionParams:
+    language: str | None = None
+    prompt: str | None = None
+    temperature: float = 0.0
+    task: str = "transcribe"  # or "translate"
+    word_timestamps: bool = False
+    vad_filter: bool = False
+
+
+@dataclass
+class TranscriptionInfo:
+    language: str
+    duration: float
+
+
+@runtime_checkable
+class TranscriptionEngine(Protocol):
+    def transcribe(self, audio: Any, params: TranscriptionParams,
+                   cancel: threading.Event) -> tuple[TranscriptionInfo, Iterator[TranscriptSegment]]:
+        """`audio` is float32 mono at 16 kHz; segments stream as they are decoded."""
+        ...

@@ -1,0 +1,173 @@
+"""The model registry: one SQLite database (WAL) shared by the CLI and a running server."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.config import Paths
+from runtime.engines.base import ModelSpec
+from runtime.engines.options import EngineOptions
+from runtime.errors import ConflictError, ModelNotFoundError
+
+ENGINE_FOR_KIND = {
+    "llm": "llama",
+    "embedding": "llama",
+    "image": "diffusion",
+    "speech": "piper",
+    "transcription": "whisper",
+}
+
+
+@dataclass
+class ModelFile:
+    role: str  # "model", "shard", "mmproj", "vae", "taesd", "config", ...
+    path: str  # relative to Paths.models (the HF cache "hub" dir), e.g. models--o--r/snapshots/<sha>/f
+    size: int
+    sha256: str | None = None
+
+
+@dataclass
+class ModelRecord:
+    name: str
+    kind: str
+    source: dict[str, Any]  # {"type": "hf"|"local"|"fake", "repo", "revision", "commit", "path"}
+    files: list[ModelFile] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    options: EngineOptions = field(default_factory=EngineOptions)
+    engine: str = ""
+    created: int = 0
+
+    def __post_init__(self) -> None:
+        self.engine = self.engine or ENGINE_FOR_KIND[self.kind]
+        self.created = self.created or int(time.time())
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def spec(self, paths: Paths, options: EngineOptions | None = None) -> ModelSpec:
+        """What a worker loads: the model's own options overlaid by per-load ones."""
+        files: dict[str, Path] = {}
+        for f in self.files:
+            files.setdefault(f.role, paths.models / f.path)
+        merged = self.options.merge(options) if options else self.options
+        return ModelSpec(self.name, self.kind, self.engine, files, dict(self.metadata), merged)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["options"] = self.options.as_dict()
+        data["size"] = self.size
+        return data
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    source TEXT NOT NULL,
+    files TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    options TEXT NOT NULL,
+    created INTEGER NOT NULL
+);
+"""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection to the shared database: WAL so readers never block the writer."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+class Registry:
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self._conn = connect(paths.database)
+        self._conn.executescript(_SCHEMA)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def list(self) -> list[ModelRecord]:
+        rows = self._conn.execute("SELECT * FROM models ORDER BY name").fetchall()
+        return [_record(row) for row in rows]
+
+    def find(self, name: str) -> ModelRecord | None:
+        row = self._conn.execute("SELECT * FROM models WHERE name = ?", (name,)).fetchone()
+        return _record(row) if row else None
+
+    def get(self, name: str) -> ModelRecord:
+        record = self.find(name)
+        if record is None:
+            raise ModelNotFoundError(name)
+        return record
+
+    def add(self, record: ModelRecord, *, replace: bool = False) -> None:
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        try:
+            with self._transaction() as conn:
+                conn.execute(f"{verb} INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _row(record))
+        except sqlite3.IntegrityError:
+            raise ConflictError(
+                f"A model named '{record.name}' already exists. Choose another with --name or remove it first."
+            ) from None
+
+    def set_options(self, name: str, options: EngineOptions) -> ModelRecord:
+        record = self.get(name)
+        record.options = options
+        self.add(record, replace=True)
+        return record
+
+    def remove(self, name: str) -> ModelRecord:
+        with self._transaction() as conn:
+            record = self.get(name)
+            conn.execute("DELETE FROM models WHERE name = ?", (name,))
+        return record
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _row(record: ModelRecord) -> tuple[Any, ...]:
+    return (
+        record.name,
+        record.kind,
+        record.engine,
+        json.dumps(record.source),
+        json.dumps([asdict(f) for f in record.files]),
+        json.dumps(record.metadata),
+        json.dumps(record.options.as_dict()),
+        record.created,
+    )
+
+
+def _record(row: tuple[Any, ...]) -> ModelRecord:
+    name, kind, engine, source, files, metadata, options, created = row
+    return ModelRecord(
+        name=name,
+        kind=kind,
+        engine=engine,
+        source=json.loads(source),
+        files=[ModelFile(**f) for f in json.loads(files)],
+        metadata=json.loads(metadata),
+        options=EngineOptions.from_dict(json.loads(options)),
+        created=created,
+    )
