@@ -20,9 +20,10 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from cli.commands import models
+    from cli.commands import models, test
 
     models.register(app)
+    test.register(app)
 
 
 _register()

@@ -1,0 +1,12 @@
+"""`stacklet test ...`: smoke-test each endpoint through the official openai client."""
+
+from __future__ import annotations
+
+import typer
+
+test_app = typer.Typer(help="Smoke-test endpoints of stacklet (or any OpenAI-compatible server).",
+                       no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(test_app, name="test")
