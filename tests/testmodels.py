@@ -9,3 +9,7 @@ from cli.offline_models import (  # noqa: F401
     taesd,
     whisper_dir,
 )
+
+if __name__ == "__main__":
+    for name, path in install_all().items():
+        print(f"{name}: {path}")
