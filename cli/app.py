@@ -19,10 +19,27 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"stacklet {version('stacklet')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Show the version and exit."),
+) -> None:
+    pass
+
+
 def _register() -> None:
-    from cli.commands import models, test
+    from cli.commands import keys, models, test
 
     models.register(app)
+    keys.register(app)
     test.register(app)
 
 

@@ -65,6 +65,10 @@ class AuthenticationError(StackletError):
     exit_code = 3
 
 
+class MissingApiKeyError(AuthenticationError):
+    code = None  # OpenAI sends code null when no key was given at all
+
+
 class PermissionDeniedError(StackletError):
     status = 403
     type = "invalid_request_error"

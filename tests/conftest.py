@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import testmodels
@@ -45,3 +48,53 @@ def sd15_checkpoint() -> Path:
 @pytest.fixture(scope="session")
 def taesd() -> Path:
     return testmodels.taesd()
+
+
+@pytest.fixture(scope="module")
+def live_server() -> Iterator[Callable[[Any], str]]:
+    """Start ASGI apps on real uvicorn servers on loopback ports: `base_url = live_server(app)`.
+    The servers stop when the module's tests are done."""
+    import threading
+
+    import uvicorn
+
+    running: list[tuple[Any, threading.Thread]] = []
+
+    def start(app: Any) -> str:
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        running.append((server, thread))
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server, thread in running:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def smollm_engine(smollm_gguf: Path) -> Iterator[Any]:
+    """A real LlamaEngine on SmolLM2-135M-Instruct, shared by the text tests."""
+    from runtime.engines.base import ModelSpec
+    from runtime.engines.llama import LlamaEngine
+
+    engine = LlamaEngine(ModelSpec("SmolLM2-135M-Instruct", "llm", "llama", {"model": smollm_gguf}))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def minilm_engine(minilm_gguf: Path) -> Iterator[Any]:
+    """A real LlamaEngine on all-MiniLM-L6-v2 (embeddings only)."""
+    from runtime.engines.base import ModelSpec
+    from runtime.engines.llama import LlamaEngine
+
+    engine = LlamaEngine(ModelSpec("all-MiniLM-L6-v2", "embedding", "llama", {"model": minilm_gguf}))
+    yield engine
+    engine.close()

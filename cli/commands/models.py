@@ -2,8 +2,226 @@
 
 from __future__ import annotations
 
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import typer
+
+from cli import output
+from runtime.errors import InvalidRequestError, StackletError
+
+if TYPE_CHECKING:
+    from runtime.store.registry import ModelRecord
+    from runtime.store.store import Store
+
+
+class Kind(str, Enum):
+    llm = "llm"
+    embedding = "embedding"
+    image = "image"
+    speech = "speech"
+    transcription = "transcription"
+
+
+JsonOption = typer.Option(False, "--json", help="Machine-readable output (see the command help for the keys).")
+
+PULL_HELP = """Pull a model from Hugging Face, or import a local file or folder, into the store.
+
+SOURCE is `hf.co/owner/repo:QUANT`, `owner/repo[:QUANT]` (default quant Q4_K_M, else the nearest
+available), `owner/repo --file GLOB` (repeatable; companions such as a VAE or TAESD), or a path.
+Sharded GGUFs bring every shard, vision models their mmproj, Piper voices their .onnx.json.
+Ctrl-C keeps the partial download: run the same command again to resume.
+
+With --json, one JSON object per line, keyed by "event":
+resolved {model, source, repo|path, revision, commit, files: [{path, role, size}], total_bytes};
+file_start {file, size}; progress {file, bytes, size}; file_done {file, size};
+verified {file, sha256}; registered {model, kind, size, files};
+error {message, type, code} (then a non-zero exit).
+"""
+
+
+def _store() -> Store:
+    from runtime.config import Settings
+    from runtime.store.store import Store
+
+    return Store(Settings.load().paths)
+
+
+def pull(
+    source: str = typer.Argument(..., help="owner/repo[:QUANT], hf.co/owner/repo[:QUANT], or a local path."),
+    name: str | None = typer.Option(None, "--name", "-n", help="Name to register (default: from the repo or file)."),
+    kind: Kind | None = typer.Option(None, "--kind", help="Override the detected kind."),
+    revision: str | None = typer.Option(None, "--revision", help="Branch, tag or commit (default: main)."),
+    files: list[str] | None = typer.Option(None, "--file", "-f", help="File name or glob in the repo (repeatable)."),
+    token: str | None = typer.Option(None, "--token", help="Hugging Face token for gated repos (default: HF_TOKEN).",
+                                     show_default=False),
+    as_json: bool = JsonOption,
+) -> None:
+    store = _store()
+    options: dict[str, Any] = {"name": name, "kind": kind.value if kind else None, "revision": revision,
+                               "files": files or None, "token": token}
+    try:
+        record = _pull_json(store, source, options) if as_json else _pull_with_bars(store, source, options)
+    except KeyboardInterrupt:
+        output.error("Interrupted. The partial download is kept: run the same command again to resume.")
+        raise typer.Exit(130) from None
+    if not as_json:
+        output.console.print(
+            f"[green]Pulled[/] [bold]{record.name}[/] ({record.kind}, {output.human_size(record.size)}). "
+            f"Next: stacklet show {record.name}",
+            highlight=False,
+        )
+
+
+def _pull_json(store: Store, source: str, options: dict[str, Any]) -> ModelRecord:
+    try:
+        return store.pull(source, progress=output.print_json_line, **options)
+    except StackletError as exc:
+        output.print_json_line({"event": "error", "message": exc.message, "type": exc.type, "code": exc.code})
+        raise
+
+
+def _pull_with_bars(store: Store, source: str, options: dict[str, Any]) -> ModelRecord:
+    view = _PullView()
+    with view.progress:
+        return store.pull(source, progress=view.on_event, **options)
+
+
+class _PullView:
+    """Rich bars: one per file and one for the total, with speed and ETA."""
+
+    def __init__(self) -> None:
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                   TransferSpeedColumn)
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), TimeRemainingColumn(), console=output.console)
+        self.total_task: Any = None
+        self.file_tasks: dict[str, Any] = {}
+        self.file_bytes: dict[str, int] = {}
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "resolved":
+            where = event.get("repo") or event.get("path")
+            self.progress.console.print(f"Pulling [bold]{event['model']}[/] from {where}", highlight=False,
+                                        soft_wrap=True)
+            if len(event["files"]) > 1:
+                self.total_task = self.progress.add_task("total", total=event["total_bytes"])
+        elif kind == "file_start":
+            self.file_tasks[event["file"]] = self.progress.add_task(event["file"], total=event["size"])
+        elif kind == "progress":
+            self.file_bytes[event["file"]] = event["bytes"]
+            self.progress.update(self.file_tasks[event["file"]], completed=event["bytes"])
+            if self.total_task is not None:
+                self.progress.update(self.total_task, completed=sum(self.file_bytes.values()))
+        elif kind == "file_done":
+            self.file_bytes[event["file"]] = event["size"]
+            self.progress.update(self.file_tasks[event["file"]], completed=event["size"])
+        elif kind == "verified":
+            self.progress.console.print(f"  verified {event['file']} sha256:{event['sha256'][:16]}", highlight=False)
+
+
+def list_models(as_json: bool = JsonOption) -> None:
+    """List the models in the store.
+
+    --json prints an array of model records: {name, kind, engine, size, source, files: [{role, path, size,
+    sha256}], metadata, options, created}.
+    """
+    records = _store().list()
+    if as_json:
+        output.print_json([_public(r.to_dict()) for r in records])
+        return
+    if not records:
+        output.console.print("No models yet. Pull one: stacklet pull owner/repo:Q4_K_M (or a local path).")
+        return
+    rows = [[r.name, r.kind, output.human_size(r.size), _detail(r.metadata), _where(r.source), _age(r.created)]
+            for r in records]
+    output.table(["NAME", "KIND", "SIZE", "DETAIL", "SOURCE", "PULLED"], rows)
+
+
+def show(name: str = typer.Argument(..., help="Model name."), as_json: bool = JsonOption) -> None:
+    """Show a model: files, sizes, metadata, chat template and engine options.
+
+    --json prints the model record: {name, kind, engine, size, source, files: [{role, path, size, sha256,
+    local_path}], metadata (GGUF: architecture, parameters, quantization, context_length, embedding_length,
+    pooling, has_chat_template, chat_template, ...), options, created}.
+    """
+    store = _store()
+    record = store.get(name)
+    data = record.to_dict()
+    for file in data["files"]:
+        file["local_path"] = str(store.paths.models / file["path"])
+    if as_json:
+        output.print_json(data)
+        return
+    meta = dict(record.metadata)
+    template = meta.pop("chat_template", None)
+    summary = [["name", record.name], ["kind", record.kind], ["engine", record.engine],
+               ["size", output.human_size(record.size)], ["source", _where(record.source)],
+               ["options", ", ".join(f"{k}={v}" for k, v in record.options.as_dict().items()) or "(defaults)"]]
+    summary += [[key, value] for key, value in meta.items() if value not in (None, "", [])]
+    output.table(["", ""], summary, title=record.name)
+    output.table(["ROLE", "FILE", "SIZE", "SHA256"],
+                 [[f["role"], _repo_file(f["path"]), output.human_size(f["size"]), (f["sha256"] or "")[:16]]
+                  for f in data["files"]])
+    output.console.print(f"folder: {Path(data['files'][0]['local_path']).parent}", highlight=False, soft_wrap=True)
+    if template:
+        output.console.rule("chat template")
+        output.console.print(template, markup=False, highlight=False, soft_wrap=True)
+
+
+def rm(name: str = typer.Argument(..., help="Model name."),
+       yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")) -> None:
+    """Remove a model; frees the files no other model uses."""
+    store = _store()
+    store.get(name)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise InvalidRequestError(f"Not removing '{name}' without confirmation: pass --yes.")
+        typer.confirm(f"Remove {name}?", abort=True)
+    _, freed = store.remove(name)
+    output.console.print(f"Removed {name} (freed {output.human_size(freed)}).", highlight=False)
+
+
+def _repo_file(path: str) -> str:
+    """`models--o--r/snapshots/<commit>/sub/f.gguf` -> `sub/f.gguf`."""
+    parts = Path(path).parts
+    return "/".join(parts[3:]) if len(parts) > 3 and parts[1] == "snapshots" else path
+
+
+def _public(data: dict[str, Any]) -> dict[str, Any]:
+    data["metadata"].pop("chat_template", None)  # long; `stacklet show --json` has it
+    return data
+
+
+def _detail(meta: dict[str, Any]) -> str:
+    parts = [meta.get("architecture") or meta.get("family"), meta.get("quantization"), meta.get("language")]
+    if meta.get("context_length"):
+        parts.append(f"ctx {meta['context_length']}")
+    return " ".join(str(p) for p in parts if p)
+
+
+def _where(source: dict[str, Any]) -> str:
+    if source.get("type") == "hf":
+        quant = f":{source['quant']}" if source.get("quant") else ""
+        return f"hf.co/{source.get('repo')}{quant}"
+    return str(source.get("path") or source.get("type"))
+
+
+def _age(created: int) -> str:
+    seconds = max(0, int(time.time()) - created)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return "just now"
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command(help=PULL_HELP)(pull)
+    app.command("list")(list_models)
+    app.command()(show)
+    app.command()(rm)

@@ -9,4 +9,7 @@ test_app = typer.Typer(help="Smoke-test endpoints of stacklet (or any OpenAI-com
 
 
 def register(app: typer.Typer) -> None:
+    from cli.commands import test_images
+
+    test_images.register(test_app)
     app.add_typer(test_app, name="test")

@@ -9,7 +9,7 @@ runtime.errors, never HTTP exceptions.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -17,6 +17,15 @@ from typing import Any, Protocol, runtime_checkable
 from runtime.engines.options import EngineOptions
 
 KINDS = ("llm", "embedding", "image", "speech", "transcription")
+# What each kind can serve before its engine is loaded (the server routes on this; a loaded
+# engine reports its own `capabilities`, a subset).
+KIND_CAPABILITIES = {
+    "llm": frozenset({"chat", "completions", "embeddings"}),
+    "embedding": frozenset({"embeddings"}),
+    "image": frozenset({"images", "image_edits"}),
+    "speech": frozenset({"speech"}),
+    "transcription": frozenset({"transcriptions", "translations"}),
+}
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,18 @@ class ModelSpec:
     files: dict[str, Path]  # role -> path; "model" always, plus e.g. "mmproj", "vae", "taesd", "config"
     metadata: dict[str, Any] = field(default_factory=dict)
     options: EngineOptions = field(default_factory=EngineOptions)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form the scheduler hands to a worker process."""
+        files = {role: str(path) for role, path in self.files.items()}
+        return {"name": self.name, "kind": self.kind, "engine": self.engine, "files": files,
+                "metadata": self.metadata, "options": self.options.as_dict()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelSpec:
+        files = {role: Path(path) for role, path in data.get("files", {}).items()}
+        return cls(data["name"], data["kind"], data["engine"], files, data.get("metadata", {}),
+                   EngineOptions.from_dict(data.get("options")))
 
 
 class Engine(Protocol):
@@ -105,32 +126,45 @@ class TextEngine(Protocol):
         """One normalised vector per input, pooled as the model's metadata says."""
         ...
 
+    def infill(self, prefix: str, suffix: str) -> list[int]:
+        """Prompt tokens for fill-in-the-middle; InvalidRequestError when the model cannot infill."""
+        ...
+
 
 # Images (stable-diffusion.cpp)
 
 
 @dataclass
 class ImageParams:
+    """None means "the model's default" until `ImageEngine.resolve` fills it in."""
+
     prompt: str
-    width: int
-    height: int
+    width: int | None = None  # None = the model's default size (edits: fitted to the input image)
+    height: int | None = None
     n: int = 1
+    quality: str = "auto"  # low, medium, high, standard, hd, auto: scales the default steps
     negative_prompt: str = ""
-    seed: int | None = None
+    seed: int | None = None  # image i uses seed + i
     steps: int | None = None
     cfg_scale: float | None = None
     sampler: str | None = None
     scheduler: str | None = None
-    init_images: list[Any] = field(default_factory=list)  # PIL images for edits
-    mask: Any = None  # PIL "L" image, white = repaint
+    init_images: list[Any] = field(default_factory=list)  # PIL images for edits; the first is edited
+    mask: Any = None  # PIL "L" image the size of the first init image, white = repaint
     strength: float | None = None
+    previews: int = 0  # partial images wanted per image (streaming)
 
 
 @runtime_checkable
 class ImageEngine(Protocol):
+    def resolve(self, params: ImageParams) -> ImageParams:
+        """Fill in the model's defaults; InvalidRequestError when the request is outside its limits."""
+        ...
+
     def generate_images(self, params: ImageParams, cancel: threading.Event,
-                        on_preview: Any = None) -> list[Any]:
-        """PIL images; `on_preview(image)` is called with partial results when given."""
+                        on_preview: Callable[[int, Any], None] | None = None) -> Iterator[Any]:
+        """PIL RGB images one by one (cancel is checked between images); `on_preview(index, image)`
+        gets up to `params.previews` partial results per image."""
         ...
 
 
@@ -141,6 +175,7 @@ class ImageEngine(Protocol):
 class SpeechChunk:
     samples: Any  # numpy int16 mono at `sample_rate`
     sample_rate: int
+    input_tokens: int = 0  # model input symbols (phoneme ids) this chunk was made from
 
 
 @runtime_checkable
@@ -173,6 +208,7 @@ class TranscriptSegment:
     no_speech_prob: float = 0.0
     temperature: float = 0.0
     words: list[TranscriptWord] = field(default_factory=list)
+    seek: int = 0  # decoder window offset, in 10 ms frames
 
 
 @dataclass

@@ -1,9 +1,292 @@
-"""OpenAI wire schemas for /chat (placeholder: its owner fills it in)."""
+"""OpenAI wire schemas for /chat/completions: the request, and builders for the response and chunks."""
 
 from __future__ import annotations
 
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from runtime.errors import InvalidRequestError
 from runtime.protocol.common import OpenAIRequest
+
+Temperature = Annotated[float | None, Field(ge=0, le=2)]
+TopP = Annotated[float | None, Field(ge=0, le=1)]
+Penalty = Annotated[float | None, Field(ge=-2, le=2)]
+ChoiceCount = Annotated[int | None, Field(ge=1, le=128)]
+TokenLimit = Annotated[int | None, Field(ge=1)]
+Stop = str | Annotated[list[str], Field(min_length=1, max_length=4)] | None
+LogitBias = dict[str, Annotated[float, Field(ge=-100, le=100)]] | None
+
+
+class Loose(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class TextPart(Loose):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(Loose):
+    url: str
+    detail: str | None = None
+
+
+class ImagePart(Loose):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class AudioPart(Loose):
+    type: Literal["input_audio"]
+    input_audio: dict[str, Any]
+
+
+class FilePart(Loose):
+    type: Literal["file"]
+    file: dict[str, Any]
+
+
+class RefusalPart(Loose):
+    type: Literal["refusal"]
+    refusal: str
+
+
+ContentPart = Annotated[TextPart | ImagePart | AudioPart | FilePart | RefusalPart, Field(discriminator="type")]
+
+
+class FunctionCall(Loose):
+    name: str
+    arguments: str  # a JSON string, passed to the template as sent
+
+
+class ToolCall(Loose):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(Loose):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    refusal: str | None = None
+    function_call: dict[str, Any] | None = None
+    audio: dict[str, Any] | None = None
+
+
+class FunctionDefinition(Loose):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(Loose):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(Loose):
+    name: str
+
+
+class NamedToolChoice(Loose):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class StreamOptions(Loose):
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None
+
+
+class JSONSchemaFormat(Loose):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class TextFormat(Loose):
+    type: Literal["text"]
+
+
+class JSONObjectFormat(Loose):
+    type: Literal["json_object"]
+
+
+class JSONSchemaResponseFormat(Loose):
+    type: Literal["json_schema"]
+    json_schema: JSONSchemaFormat
+
+
+ResponseFormat = Annotated[TextFormat | JSONObjectFormat | JSONSchemaResponseFormat, Field(discriminator="type")]
 
 
 class CreateChatCompletionRequest(OpenAIRequest):
     model: str
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: TokenLimit = None
+    max_tokens: TokenLimit = None
+    temperature: Temperature = None
+    top_p: TopP = None
+    n: ChoiceCount = None
+    stop: Stop = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int | None, Field(ge=0, le=20)] = None
+    logit_bias: LogitBias = None
+    frequency_penalty: Penalty = None
+    presence_penalty: Penalty = None
+    seed: int | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[FunctionDefinition] | None = None
+    function_call: Literal["none", "auto"] | NamedFunction | None = None
+    # Accepted so strict mode knows them; they change nothing for a local model.
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    store: bool | None = None
+    metadata: dict[str, Any] | None = None
+    user: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    service_tier: str | None = None
+
+    def validate_semantics(self) -> None:
+        if self.stream_options is not None and not self.stream:
+            raise InvalidRequestError(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
+            )
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequestError(
+                "Invalid value for 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is used.",
+                param="top_logprobs", code="invalid_value",
+            )
+        check_logit_bias(self.logit_bias)
+        if self.modalities and "audio" in self.modalities:
+            raise InvalidRequestError("This model does not support audio output.", param="modalities",
+                                      code="unsupported_value")
+        self._check_tool_choice()
+        for i, message in enumerate(self.messages):
+            if message.role == "tool" and not message.tool_call_id:
+                raise InvalidRequestError(f"Missing required parameter: 'messages[{i}].tool_call_id'.",
+                                          param=f"messages[{i}].tool_call_id", code="missing_required_parameter")
+
+    def _check_tool_choice(self) -> None:
+        tools = self.function_tools()
+        choice = self.effective_tool_choice()
+        if self.tool_choice is not None and not self.tools:
+            raise InvalidRequestError("Invalid value for 'tool_choice': 'tool_choice' is only allowed when "
+                                      "'tools' are specified.", param="tool_choice")
+        if choice not in ("none", "auto", "required") and choice not in {t.function.name for t in tools}:
+            raise InvalidRequestError(f"Invalid value for 'tool_choice': no function named '{choice}' was "
+                                      "specified in the 'tools' parameter.", param="tool_choice")
+
+    def function_tools(self) -> list[Tool]:
+        """`tools`, or the deprecated `functions` as tools."""
+        if self.tools:
+            return self.tools
+        return [Tool(type="function", function=f) for f in self.functions or []]
+
+    def effective_tool_choice(self) -> str:
+        """"none", "auto", "required", or the name of the function the model must call."""
+        choice = self.tool_choice if self.tool_choice is not None else self.function_call
+        if choice is None:
+            return "auto" if self.function_tools() else "none"
+        if isinstance(choice, NamedToolChoice):
+            return choice.function.name
+        if isinstance(choice, NamedFunction):
+            return choice.name
+        return choice
+
+    def max_output_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+def check_logit_bias(logit_bias: dict[str, float] | None) -> None:
+    for key in logit_bias or {}:
+        if not key.lstrip("-").isdigit():
+            raise InvalidRequestError(f"Invalid key in 'logit_bias': '{key}' is not a token id.",
+                                      param="logit_bias", code="invalid_value")
+
+
+def stop_list(stop: str | list[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else [s for s in stop if s]
+
+
+# Responses
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
+          reasoning_tokens: int = 0) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": reasoning_tokens, "audio_tokens": 0,
+                                      "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+    }
+
+
+def token_logprob(token: str, logprob: float, token_bytes: list[int],
+                  top: list[tuple[str, float, list[int]]]) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": token_bytes,
+            "top_logprobs": [{"token": t, "logprob": lp, "bytes": b} for t, lp, b in top]}
+
+
+def tool_call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def message(content: str | None, tool_calls: list[dict[str, Any]] | None = None,
+            reasoning: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
+    if reasoning:
+        out["reasoning_content"] = reasoning
+    if tool_calls:
+        out["tool_calls"] = tool_calls
+    return out
+
+
+def choice(index: int, msg: dict[str, Any], finish_reason: str,
+           logprobs: list[dict[str, Any]] | None) -> dict[str, Any]:
+    return {"index": index, "message": msg,
+            "logprobs": {"content": logprobs, "refusal": None} if logprobs is not None else None,
+            "finish_reason": finish_reason}
+
+
+def completion(completion_id: str, created: int, model: str, fingerprint: str,
+               choices: list[dict[str, Any]], usage_: dict[str, Any]) -> dict[str, Any]:
+    return {"id": completion_id, "object": "chat.completion", "created": created, "model": model,
+            "choices": choices, "usage": usage_, "system_fingerprint": fingerprint}
+
+
+def chunk(completion_id: str, created: int, model: str, fingerprint: str,
+          choices: list[dict[str, Any]], usage_: dict[str, Any] | None = None) -> dict[str, Any]:
+    out = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+           "system_fingerprint": fingerprint, "choices": choices}
+    if usage_ is not None:
+        out["usage"] = usage_
+    return out
+
+
+def chunk_choice(index: int, delta: dict[str, Any], logprobs: list[dict[str, Any]] | None = None,
+                 finish_reason: str | None = None) -> dict[str, Any]:
+    return {"index": index, "delta": delta,
+            "logprobs": {"content": logprobs, "refusal": None} if logprobs is not None else None,
+            "finish_reason": finish_reason}

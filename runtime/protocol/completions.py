@@ -1,9 +1,87 @@
-"""OpenAI wire schemas for /completions (placeholder: its owner fills it in)."""
+"""OpenAI wire schemas for the legacy /completions: the request, and builders for responses."""
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from runtime.errors import InvalidRequestError
+from runtime.protocol.chat import (
+    ChoiceCount,
+    LogitBias,
+    Penalty,
+    Stop,
+    StreamOptions,
+    Temperature,
+    TopP,
+    check_logit_bias,
+)
 from runtime.protocol.common import OpenAIRequest
+
+Prompt = str | list[str] | list[int] | list[list[int]]
 
 
 class CreateCompletionRequest(OpenAIRequest):
     model: str
+    prompt: Prompt | None = "<|endoftext|>"
+    suffix: str | None = None
+    max_tokens: Annotated[int | None, Field(ge=0)] = 16
+    temperature: Temperature = None
+    top_p: TopP = None
+    n: ChoiceCount = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    logprobs: Annotated[int | None, Field(ge=0, le=5)] = None
+    echo: bool | None = None
+    stop: Stop = None
+    presence_penalty: Penalty = None
+    frequency_penalty: Penalty = None
+    best_of: Annotated[int | None, Field(ge=0, le=20)] = None
+    logit_bias: LogitBias = None
+    seed: int | None = None
+    user: str | None = None
+
+    def validate_semantics(self) -> None:
+        if self.stream_options is not None and not self.stream:
+            raise InvalidRequestError(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
+            )
+        if self.best_of not in (None, 1, self.n or 1):
+            raise InvalidRequestError("'best_of' must equal 'n' on this server.", param="best_of",
+                                      code="unsupported_value")
+        if self.prompt is None or self.prompt == [] or any(p == [] for p in self.prompt if isinstance(p, list)):
+            raise InvalidRequestError("'$.prompt' is invalid: it must not be empty.", param="prompt")
+        check_logit_bias(self.logit_bias)
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompt as a list of single prompts, each text or token ids."""
+        prompt = self.prompt if self.prompt is not None else ""
+        if isinstance(prompt, str):
+            return [prompt]
+        if all(isinstance(p, int) for p in prompt):
+            return [list(prompt)]  # type: ignore[arg-type]
+        return list(prompt)  # type: ignore[arg-type]
+
+
+def legacy_logprobs(tokens: list[str], logprobs: list[float | None], top: list[dict[str, float] | None],
+                    text_offset: list[int]) -> dict[str, Any]:
+    return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": top, "text_offset": text_offset}
+
+
+def choice(index: int, text: str, finish_reason: str | None, logprobs: dict[str, Any] | None) -> dict[str, Any]:
+    return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}
+
+
+def completion(completion_id: str, created: int, model: str, fingerprint: str, choices: list[dict[str, Any]],
+               usage_: dict[str, Any] | None) -> dict[str, Any]:
+    out = {"id": completion_id, "object": "text_completion", "created": created, "model": model,
+           "system_fingerprint": fingerprint, "choices": choices}
+    if usage_ is not None:
+        out["usage"] = usage_
+    return out
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}

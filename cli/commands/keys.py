@@ -1,0 +1,78 @@
+"""`stacklet keys ...`: API keys for the server (shown once, stored hashed)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+
+from cli import output
+
+keys_app = typer.Typer(help="Create, list and revoke API keys for the server.", no_args_is_help=True)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(keys_app, name="keys")
+
+
+def _store() -> Any:
+    from runtime.config import Settings
+    from runtime.store.keys import KeyStore
+
+    return KeyStore(Settings.load().paths)
+
+
+@keys_app.command("create")
+def create(
+    name: Annotated[str | None, typer.Option("--name", help="A name to revoke it by later.")] = None,
+    expires: Annotated[float | None, typer.Option("--expires", help="Days until the key stops working.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a key and print it once."""
+    store = _store()
+    try:
+        key, record = store.create(name, expires)
+    finally:
+        store.close()
+    if as_json:
+        output.print_json({"key": key, **record.to_dict()})
+        return
+    output.console.print(key, highlight=False, soft_wrap=True)
+    output.err_console.print(
+        f"Key '{record.name}' created. Copy it now: it is not shown again. "
+        "Use it as `Authorization: Bearer <key>` or export STACKLET_API_KEY.",
+        highlight=False,
+    )
+
+
+@keys_app.command("list")
+def list_keys(as_json: JsonOption = False) -> None:
+    """List keys (names and prefixes; never the keys themselves)."""
+    store = _store()
+    try:
+        records = store.list()
+    finally:
+        store.close()
+    if as_json:
+        output.print_json([r.to_dict() for r in records])
+        return
+    rows = [[r.name, f"{r.prefix}...", _when(r.created), _when(r.last_used), _when(r.expires)] for r in records]
+    output.table(["name", "prefix", "created", "last used", "expires"], rows)
+
+
+@keys_app.command("revoke")
+def revoke(name: Annotated[str, typer.Argument(help="The key's name (see `stacklet keys list`).")]) -> None:
+    """Revoke a key; requests using it fail from now on."""
+    store = _store()
+    try:
+        store.revoke(name)
+    finally:
+        store.close()
+    output.console.print(f"Revoked key '{name}'.", highlight=False)
+
+
+def _when(timestamp: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp)) if timestamp else "-"

@@ -1,0 +1,1 @@
+complete --command stacklet --no-files --arguments "(env _STACKLET_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) stacklet)" --condition "env _STACKLET_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) stacklet"

@@ -1,0 +1,57 @@
+"""Chat templates: the model's own Jinja template from its GGUF metadata, in a sandbox.
+
+Templates are Hugging Face style: they see `messages`, `tools`, `add_generation_prompt`, `bos_token`,
+`eos_token`, and may call `raise_exception(msg)` and `strftime_now(fmt)`. A model without a template
+gets ChatML, the most common format among small instruct models.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from runtime.errors import InvalidRequestError
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class TemplateError(InvalidRequestError):
+    """The template refused the conversation (raise_exception), e.g. roles in an order it can't render."""
+
+
+def _raise_exception(message: str) -> None:
+    raise TemplateError(f"The model's chat template rejected the messages: {message}", param="messages")
+
+
+def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False, sort_keys: bool = False) -> str:
+    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
+
+
+class ChatTemplate:
+    def __init__(self, source: str | None, bos_token: str, eos_token: str) -> None:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.filters["tojson"] = _tojson
+        env.globals["raise_exception"] = _raise_exception
+        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        self.has_own = bool(source)
+        self.template = env.from_string(source or CHATML)
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+
+    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+        try:
+            return self.template.render(messages=messages, tools=tools, add_generation_prompt=True,
+                                        bos_token=self.bos_token, eos_token=self.eos_token)
+        except TemplateError:
+            raise
+        except Exception as exc:  # template bugs surface as any exception type
+            raise InvalidRequestError(f"The model's chat template failed on these messages: {exc}",
+                                      param="messages") from None

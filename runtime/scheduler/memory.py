@@ -1,0 +1,79 @@
+"""How much memory a model needs once loaded, and how much the machine lets us use."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from runtime.engines.options import EngineOptions
+
+log = logging.getLogger("stacklet.scheduler")
+
+MIB = 1024 * 1024
+OVERHEAD = 256 * MIB  # interpreter, engine library, compute buffers
+RAM_SHARE = 0.8  # leave the rest to the OS and the server itself
+DEFAULT_CTX = 4096  # context the estimate assumes when --ctx-size is unset
+CACHE_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 1.0625, "q5_0": 0.6875, "q5_1": 0.75,
+                    "q4_0": 0.5625, "q4_1": 0.625, "iq4_nl": 0.5625}
+
+
+def estimate(kind: str, file_size: int, metadata: dict[str, Any], options: EngineOptions) -> int:
+    """Bytes a loaded model takes: its files, the KV cache for text models, and a fixed overhead."""
+    kv_cache = kv_cache_bytes(metadata, options) if kind in ("llm", "embedding") else 0
+    return file_size + kv_cache + OVERHEAD
+
+
+def kv_cache_bytes(metadata: dict[str, Any], options: EngineOptions) -> int:
+    """n_layers * ctx * (n_embd_k_gqa + n_embd_v_gqa) * bytes per element, from the registry's GGUF summary.
+
+    Without head counts the estimate assumes no grouped-query attention (an overestimate).
+    """
+    layers = metadata.get("block_count")
+    embedding = metadata.get("embedding_length")
+    if not (layers and embedding):
+        return 0
+    heads = metadata.get("head_count") or 1
+    kv_heads = metadata.get("head_count_kv") or heads
+    key_length = metadata.get("key_length") or embedding // heads
+    value_length = metadata.get("value_length") or embedding // heads
+    ctx = options.ctx_size or min(metadata.get("context_length") or DEFAULT_CTX, DEFAULT_CTX)
+    key_bytes = CACHE_TYPE_BYTES.get(options.cache_type_k or "f16", 2.0)
+    value_bytes = CACHE_TYPE_BYTES.get(options.cache_type_v or "f16", 2.0)
+    per_token = kv_heads * (key_length * key_bytes + value_length * value_bytes)
+    return int(layers * ctx * per_token)
+
+
+def default_budget(engine: EngineOptions) -> int:
+    """A share of system RAM, plus the GPUs' memory when layers may be offloaded."""
+    budget = int(system_ram() * RAM_SHARE)
+    if engine.n_gpu_layers != "0":
+        budget += gpu_memory()
+    return budget
+
+
+def system_ram() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def gpu_memory() -> int:
+    """Total memory of the NVIDIA GPUs nvidia-smi reports (0 without one)."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return 0
+    try:
+        result = subprocess.run([smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                                capture_output=True, text=True, timeout=10, check=True)
+        return sum(int(float(line)) for line in result.stdout.split()) * MIB
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        log.warning("nvidia-smi failed (%s); the memory budget counts system RAM only", exc)
+        return 0

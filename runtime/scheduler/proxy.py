@@ -1,0 +1,130 @@
+"""Relay one request to a worker over its Unix socket and stream the answer back unchanged.
+
+The relay runs inside the response itself, so it can watch the client: when the client goes
+away, the upstream request is closed, which the worker sees as a disconnect and stops work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+import httpx
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from runtime.errors import StackletError, WorkerError
+from runtime.server.errors import error_response
+from runtime.server.sse import DONE, error_event
+
+log = logging.getLogger("stacklet.scheduler")
+
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "date", "server"})
+
+
+class Lease(Protocol):
+    """A place on a model's worker: `acquire` waits for the load and a free slot."""
+
+    async def acquire(self) -> httpx.AsyncClient: ...
+
+    def release(self, ok: bool) -> None: ...
+
+
+class ProxyResponse(Response):
+    def __init__(self, lease: Lease, path: str, body: bytes, headers: dict[str, str]) -> None:
+        super().__init__(status_code=200)
+        self.lease = lease
+        self.path = path
+        self.upstream_body = body
+        self.upstream_headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        relay = asyncio.ensure_future(self._relay(scope, send))
+        watch = asyncio.ensure_future(_client_gone(receive))
+        try:
+            await asyncio.wait({relay, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            relay.cancel()
+            watch.cancel()
+            await asyncio.gather(relay, watch, return_exceptions=True)
+        if relay.cancelled():
+            log.info("client disconnected from %s; request cancelled", self.path)
+        elif relay.exception() is not None:
+            raise relay.exception()  # type: ignore[misc]
+
+    async def _relay(self, scope: Scope, send: Send) -> None:
+        started = False
+        streaming_events = False
+        try:
+            client = await self.lease.acquire()
+        except StackletError as exc:
+            await error_response(exc)(scope, _no_receive, send)
+            return
+        lease = _Once(self.lease)
+        try:
+            request = client.build_request("POST", self.path, content=self.upstream_body,
+                                           headers=self.upstream_headers)
+            upstream = await client.send(request, stream=True)
+            try:
+                streaming_events = upstream.headers.get("content-type", "").startswith("text/event-stream")
+                await send({"type": "http.response.start", "status": upstream.status_code,
+                            "headers": _response_headers(upstream)})
+                started = True
+                async for chunk in upstream.aiter_raw():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            finally:
+                await upstream.aclose()
+            lease.release(ok=upstream.status_code < 500)  # before the client sees the end
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except httpx.HTTPError as exc:
+            log.warning("worker request %s failed: %s", self.path, exc)
+            lease.release(ok=False)
+            await self._fail(scope, send, started, streaming_events)
+        finally:
+            lease.release(ok=False)
+
+    async def _fail(self, scope: Scope, send: Send, started: bool, streaming_events: bool) -> None:
+        """The worker went away: a clean error, in-band when the stream already started."""
+        error = WorkerError("The model's worker stopped unexpectedly. Retry the request; it will be restarted.")
+        if not started:
+            await error_response(error)(scope, _no_receive, send)
+            return
+        tail = error_event(error) if streaming_events else b""
+        if streaming_events and self.path.endswith("completions"):
+            tail += DONE
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+class _Once:
+    """Releases a lease exactly once, whichever way the request ends."""
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease: Lease | None = lease
+
+    def release(self, ok: bool) -> None:
+        if self.lease is not None:
+            self.lease.release(ok)
+            self.lease = None
+
+
+async def _client_gone(receive: Receive) -> None:
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _response_headers(upstream: httpx.Response) -> list[tuple[bytes, bytes]]:
+    return [(k.lower(), v) for k, v in upstream.headers.raw if k.decode().lower() not in HOP_BY_HOP]
+
+
+def forward_headers(content_type: str | None, base_url: str) -> dict[str, Any]:
+    headers = {"x-stacklet-base-url": base_url}
+    if content_type:
+        headers["Content-Type"] = content_type
+    return headers

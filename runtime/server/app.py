@@ -1,0 +1,68 @@
+"""The server application: `create_app(settings)` builds everything; `run(settings)` serves it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from runtime.config import Settings
+from runtime.server.auth import check_bind
+from runtime.server.errors import install_error_handlers
+from runtime.server.metrics import Metrics
+from runtime.server.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from runtime.server.openapi import install_openapi
+from runtime.server.routes import health, management, openai
+from runtime.store.keys import KeyStore
+from runtime.store.registry import Registry
+
+EXPOSED_HEADERS = ["x-request-id", "openai-version", "openai-processing-ms"]
+
+
+def create_app(settings: Settings, *, scheduler: Any = None, registry: Registry | None = None) -> FastAPI:
+    """`scheduler` and `registry` are injectable for tests; by default they are built from settings."""
+    check_bind(settings)
+    settings.paths.ensure()
+    registry = registry or Registry(settings.paths)
+    if scheduler is None:
+        from runtime.scheduler import Scheduler
+
+        scheduler = Scheduler(settings, registry)
+    keys = KeyStore(settings.paths)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await scheduler.start()
+        try:
+            yield
+        finally:
+            await scheduler.shutdown()
+            keys.close()
+
+    app = FastAPI(title="stacklet", version=health.stacklet_version(), lifespan=lifespan, redirect_slashes=False)
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.scheduler = scheduler
+    app.state.keys = keys
+    app.state.metrics = Metrics()
+    for router in (health.create_router(), openai.create_router(), management.create_router()):
+        app.include_router(router)
+    install_error_handlers(app)
+    install_openapi(app, [endpoint.schema for endpoint in openai.ENDPOINTS])
+    # Added innermost first: the request context wraps everything, CORS answers preflights before auth.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
+                       allow_headers=["*"], expose_headers=EXPOSED_HEADERS)
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    return app
+
+
+def run(settings: Settings) -> None:
+    """Serve in the foreground until interrupted (`python -m runtime`, `stacklet serve`)."""
+    import uvicorn
+
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10)

@@ -1,0 +1,79 @@
+"""Request counters and latency histograms, rendered with the scheduler's numbers as Prometheus text."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, math.inf)
+
+
+class Histogram:
+    def __init__(self) -> None:
+        self.buckets = [0] * len(LATENCY_BUCKETS)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        for index, bound in enumerate(LATENCY_BUCKETS):
+            if value <= bound:
+                self.buckets[index] += 1
+        self.total += value
+        self.count += 1
+
+
+class Metrics:
+    """Per-app request metrics; lives on app.state, never at module level."""
+
+    def __init__(self) -> None:
+        self.requests: Counter[tuple[str, str, int]] = Counter()
+        self.latency: defaultdict[str, Histogram] = defaultdict(Histogram)
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests[(method, route, status)] += 1
+        self.latency[route].observe(seconds)
+
+    def render(self, workers: list[dict[str, Any]], scheduler_metrics: dict[str, Any]) -> str:
+        lines: list[str] = []
+        lines += _family("stacklet_requests_total", "counter", "HTTP requests by route and status.",
+                         ((_labels(method=m, route=r, status=s), n) for (m, r, s), n in sorted(self.requests.items())))
+        lines += _histogram(self.latency)
+        lines += _family("stacklet_tokens_total", "counter", "Tokens processed, by model and type.",
+                         ((_labels(model=model, type=kind), n) for model, kind, n in _tokens(scheduler_metrics)))
+        lines += _family("stacklet_queue_depth", "gauge", "Requests waiting for each loaded model.",
+                         ((_labels(model=w["model"]), w.get("queue_depth", 0)) for w in workers))
+        lines += _family("stacklet_models_loaded", "gauge", "Models with a running worker.",
+                         [("", len(workers))])
+        return "\n".join(lines) + "\n"
+
+
+def _tokens(scheduler_metrics: dict[str, Any]) -> Iterable[tuple[str, str, int]]:
+    """{"tokens": {model: {"prompt": n, "completion": n}}} -> (model, type, n) rows."""
+    for model, counts in sorted(scheduler_metrics.get("tokens", {}).items()):
+        for kind, count in sorted(counts.items()):
+            yield model, kind, count
+
+
+def _histogram(latency: dict[str, Histogram]) -> list[str]:
+    name = "stacklet_request_duration_seconds"
+    lines = [f"# HELP {name} Time from request to the end of the response.", f"# TYPE {name} histogram"]
+    for route, histogram in sorted(latency.items()):
+        for bound, count in zip(LATENCY_BUCKETS, histogram.buckets, strict=True):
+            le = "+Inf" if bound == math.inf else repr(bound)
+            lines.append(f"{name}_bucket{_labels(route=route, le=le)} {count}")
+        lines.append(f"{name}_sum{_labels(route=route)} {histogram.total}")
+        lines.append(f"{name}_count{_labels(route=route)} {histogram.count}")
+    return lines
+
+
+def _family(name: str, kind: str, help_text: str, samples: Iterable[tuple[str, float]]) -> list[str]:
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"] + [f"{name}{labels} {v}" for labels, v in samples]
+
+
+def _labels(**labels: Any) -> str:
+    def escape(value: Any) -> str:
+        return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    return "{" + ",".join(f'{key}="{escape(value)}"' for key, value in labels.items()) + "}"

@@ -1,0 +1,156 @@
+"""API keys: shown once, stored as sha256 hashes in the shared SQLite database.
+
+The CLI's own calls use an admin key that lives in a 0600 file in the data dir, so users never
+type a key for local work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from runtime.config import Paths
+from runtime.errors import ConflictError, InvalidRequestError, NotFoundError
+from runtime.store.registry import connect
+
+KEY_PREFIX = "sk-stacklet-"
+DISPLAY_LENGTH = len(KEY_PREFIX) + 4  # what `keys list` shows and what lookups index on
+ADMIN_NAME = "admin"
+ADMIN_FILE = "admin.key"
+LAST_USED_RESOLUTION = 60  # seconds; avoids a database write on every request
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (
+    name TEXT PRIMARY KEY,
+    prefix TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    last_used INTEGER,
+    expires INTEGER
+);
+CREATE INDEX IF NOT EXISTS keys_prefix ON keys (prefix);
+"""
+
+
+@dataclass
+class ApiKey:
+    name: str
+    prefix: str
+    created: int
+    last_used: int | None = None
+    expires: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class KeyStore:
+    def __init__(self, paths: Paths) -> None:
+        self._conn = connect(paths.database)
+        self._conn.executescript(_SCHEMA)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def create(self, name: str | None = None, expires_days: float | None = None) -> tuple[str, ApiKey]:
+        """A new key; the plain key is returned here and never again."""
+        name = name or f"key-{secrets.token_hex(3)}"
+        if not _NAME.match(name):
+            raise InvalidRequestError(
+                f"Invalid key name '{name}': use up to 64 letters, digits, '.', '_' or '-'.", param="name"
+            )
+        if expires_days is not None and expires_days <= 0:
+            raise InvalidRequestError("--expires must be a positive number of days.", param="expires")
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        now = int(time.time())
+        expires = now + int(expires_days * 86400) if expires_days is not None else None
+        record = ApiKey(name, key[:DISPLAY_LENGTH], now, None, expires)
+        try:
+            self._conn.execute(
+                "INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?)",
+                (name, record.prefix, _digest(key), now, None, expires),
+            )
+        except sqlite3.IntegrityError:
+            raise ConflictError(f"A key named '{name}' already exists. Choose another --name.") from None
+        return key, record
+
+    def list(self) -> list[ApiKey]:
+        rows = self._conn.execute(
+            "SELECT name, prefix, created, last_used, expires FROM keys ORDER BY created, name"
+        ).fetchall()
+        return [ApiKey(*row) for row in rows]
+
+    def revoke(self, name: str) -> None:
+        if self._conn.execute("DELETE FROM keys WHERE name = ?", (name,)).rowcount == 0:
+            raise NotFoundError(f"No key named '{name}'. See `stacklet keys list`.", code="key_not_found")
+
+    def verify(self, key: str) -> ApiKey | None:
+        """The key's record if `key` is valid and unexpired, else None."""
+        digest = _digest(key)
+        rows = self._conn.execute(
+            "SELECT name, prefix, created, last_used, expires, hash FROM keys WHERE prefix = ?",
+            (key[:DISPLAY_LENGTH],),
+        ).fetchall()
+        now = int(time.time())
+        for *fields, stored in rows:
+            if hmac.compare_digest(stored, digest):
+                record = ApiKey(*fields)
+                if record.expires is not None and record.expires <= now:
+                    return None
+                self._touch(record, now)
+                return record
+        return None
+
+    def _touch(self, record: ApiKey, now: int) -> None:
+        if record.last_used is None or now - record.last_used >= LAST_USED_RESOLUTION:
+            self._conn.execute("UPDATE keys SET last_used = ? WHERE name = ?", (now, record.name))
+            record.last_used = now
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def admin_key(paths: Paths) -> str:
+    """The CLI's own key: read from the data dir, (re)created there when missing or revoked."""
+    path = paths.data / ADMIN_FILE
+    store = KeyStore(paths)
+    try:
+        with store.transaction():  # serialises the CLI and the server creating it at once
+            key = path.read_text().strip() if path.is_file() else ""
+            if key and store.verify(key):
+                return key
+            with suppress(NotFoundError):
+                store.revoke(ADMIN_NAME)
+            key, _ = store.create(ADMIN_NAME)
+            _write_private(path, key)
+            return key
+    finally:
+        store.close()
+
+
+def _write_private(path: os.PathLike[str], text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(text + "\n")

@@ -1,0 +1,120 @@
+"""The Hugging Face cache layout on disk: `models--owner--name/{blobs,snapshots/<commit>,refs}`.
+
+Local imports use the same layout (repo `local/<name>`, blobs named by sha256) so removal and
+dedupe work the same way for every model, and huggingface_hub's cache tools can read the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+LOCAL_OWNER = "local"
+
+
+def repo_dir(models_dir: Path, repo: str) -> Path:
+    return models_dir / ("models--" + repo.replace("/", "--"))
+
+
+def local_repo(folder_name: str) -> str:
+    """The pseudo-repo of a local import: one per source folder, so files imported twice share blobs."""
+    return f"{LOCAL_OWNER}/" + (re.sub(r"[^\w.-]", "-", folder_name) or "root")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def link_snapshot(repo: Path, commit: str, path: str, blob: Path) -> Path:
+    """Point `snapshots/<commit>/<path>` at the blob with a relative symlink (as huggingface_hub does)."""
+    link = repo / "snapshots" / commit / path
+    link.parent.mkdir(parents=True, exist_ok=True)
+    target = os.path.relpath(blob, link.parent)
+    if link.is_symlink() or link.exists():
+        if os.readlink(link) == target:
+            return link
+        link.unlink()
+    link.symlink_to(target)
+    return link
+
+
+def write_ref(repo: Path, revision: str, commit: str) -> None:
+    if revision == commit:
+        return
+    ref = repo / "refs" / revision
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    ref.write_text(commit)
+
+
+def import_file(repo: Path, source: Path, sha256: str) -> Path:
+    """Place a local file into `blobs/<sha256>`: a hard link on the same filesystem, else an atomic copy."""
+    blob = repo / "blobs" / sha256
+    if blob.exists():
+        return blob
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    partial = blob.with_name(sha256 + ".incomplete")
+    partial.unlink(missing_ok=True)
+    try:
+        os.link(source, partial)
+    except OSError:
+        shutil.copyfile(source, partial)
+    partial.replace(blob)
+    return blob
+
+
+def local_commit(hashes: Iterable[str]) -> str:
+    """A stable 40-hex pseudo commit for an imported file set."""
+    return hashlib.sha1("\n".join(sorted(hashes)).encode()).hexdigest()
+
+
+def blob_of(link: Path) -> Path:
+    return link.resolve()
+
+
+def remove_files(models_dir: Path, removed: Iterable[str], still_used: Iterable[str]) -> int:
+    """Delete the snapshot links of a removed model and the blobs no remaining model points at.
+
+    Returns the bytes freed. Paths are relative to `models_dir` (as in the registry).
+    """
+    keep_links = {models_dir / p for p in still_used}
+    keep_blobs = {blob_of(p) for p in keep_links if p.exists()}
+    freed = 0
+    for rel in removed:
+        if Path(rel).is_absolute():  # registered in place (fake models, tests): never ours to delete
+            continue
+        link = models_dir / rel
+        if link in keep_links or not (link.is_symlink() or link.exists()):
+            continue
+        blob = blob_of(link)
+        link.unlink()
+        if blob not in keep_blobs and blob.is_file() and _inside(blob, models_dir):
+            stat = blob.stat()
+            freed += stat.st_size if stat.st_nlink == 1 else 0  # a hard-linked import frees nothing
+            blob.unlink()
+        _prune_empty(link.parent, models_dir)
+    return freed
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path.is_relative_to(root.resolve())
+
+
+def _prune_empty(folder: Path, models_dir: Path) -> None:
+    """Drop emptied snapshot folders; a repo left with no snapshots and no partial downloads goes entirely."""
+    while folder.name != "snapshots" and folder != models_dir and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
+    if folder.name != "snapshots" or any(folder.iterdir()):
+        return
+    repo = folder.parent
+    blobs = repo / "blobs"
+    if not (blobs.is_dir() and any(b.name.endswith(".incomplete") for b in blobs.iterdir())):
+        shutil.rmtree(repo)

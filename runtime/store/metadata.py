@@ -1,0 +1,172 @@
+"""What a model is: its kind (llm, embedding, image, speech, transcription) and a summary for `show`.
+
+Reads headers and small config files only, never weights.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import StoreError
+from runtime.store.ggufinfo import GGUFHeader, read_header
+from runtime.store.selection import quant_of
+
+EMBEDDING_ARCHES = {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "modern-bert",
+                    "neo-bert", "t5encoder", "xlm-roberta"}
+DIFFUSION_ARCHES = {"sd1", "sd2", "sdxl", "sd3", "flux", "aura", "ltxv", "hyvid", "wan", "lumina2", "hidream",
+                    "cosmos", "chroma", "qwen_image"}
+_POOLING = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+
+
+def describe(files: dict[str, list[Path]]) -> tuple[str, dict[str, Any]]:
+    """(kind, metadata) from the files of one model, keyed by role."""
+    model = files["model"][0]
+    name = model.name.lower()
+    if name.endswith(".gguf"):
+        return _describe_gguf(files)
+    if name == "model.bin" and "config" in files:
+        return "transcription", whisper_metadata(model.parent)
+    if name.endswith(".onnx"):
+        config = files.get("config", [model.with_name(model.name + ".json")])[0]
+        return "speech", piper_metadata(config)
+    if name.endswith((".safetensors", ".sft", ".ckpt")):
+        return "image", _image_metadata(files)
+    raise StoreError(f"Cannot tell what kind of model {model.name} is. Pass --kind.")
+
+
+def _describe_gguf(files: dict[str, list[Path]]) -> tuple[str, dict[str, Any]]:
+    weights = files["model"] + files.get("shard", [])
+    headers = [read_header(p) for p in weights]
+    first = headers[0]
+    names = [n for h in headers for n in h.tensors]
+    if first.architecture in DIFFUSION_ARCHES or (not first.architecture and _image_family(names) != "unknown"):
+        meta = _image_metadata(files)
+        meta["quantization"] = quant_of(weights[0].name)
+        return "image", meta
+    meta = gguf_metadata(first, weights[0])
+    meta["parameters"] = sum(h.parameter_count for h in headers)
+    meta["shards"] = len(weights)
+    meta["has_mmproj"] = "mmproj" in files
+    is_embedding = first.architecture in EMBEDDING_ARCHES or meta["pooling"] not in (None, "none")
+    return ("embedding" if is_embedding else "llm"), meta
+
+
+def gguf_metadata(header: GGUFHeader, path: Path) -> dict[str, Any]:
+    template = header.values.get("tokenizer.chat_template")
+    pooling = header.arch_value("pooling_type")
+    return {
+        "format": "gguf",
+        "architecture": header.architecture,
+        "name": header.values.get("general.name"),
+        "size_label": header.values.get("general.size_label"),
+        "parameters": header.parameter_count,
+        "quantization": _file_type(header.values.get("general.file_type")) or quant_of(path.name),
+        "context_length": header.arch_value("context_length"),
+        "embedding_length": header.arch_value("embedding_length"),
+        "block_count": header.arch_value("block_count"),
+        "pooling": _POOLING.get(pooling, str(pooling)) if pooling is not None else None,
+        "has_chat_template": bool(template),
+        "chat_template": template,
+    }
+
+
+def _file_type(value: Any) -> str | None:
+    if value is None:
+        return None
+    import gguf
+
+    try:
+        name = gguf.LlamaFileType(int(value)).name
+    except ValueError:
+        return str(value)
+    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+
+
+def whisper_metadata(folder: Path) -> dict[str, Any]:
+    """Multilingual Whisper vocabularies have 51865+ tokens; the English-only (.en) ones 51864."""
+    vocab = _vocabulary_size(folder)
+    return {
+        "format": "ctranslate2",
+        "architecture": "whisper",
+        "vocabulary_size": vocab,
+        "multilingual": vocab is not None and vocab >= 51865,
+    }
+
+
+def _vocabulary_size(folder: Path) -> int | None:
+    for candidate in sorted(folder.glob("vocabulary*")):
+        if candidate.suffix == ".json":
+            return len(json.loads(candidate.read_text(encoding="utf-8")))
+        return len(candidate.read_text(encoding="utf-8").splitlines())
+    tokenizer = folder / "tokenizer.json"
+    if tokenizer.is_file():
+        data = json.loads(tokenizer.read_text(encoding="utf-8"))
+        return len(data.get("model", {}).get("vocab", {})) + len(data.get("added_tokens", []))
+    return None
+
+
+def piper_metadata(config: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"Cannot read the Piper voice config {config.name}: {exc}") from None
+    language = data.get("language") or {}
+    return {
+        "format": "piper",
+        "language": language.get("code") or (data.get("espeak") or {}).get("voice"),
+        "sample_rate": (data.get("audio") or {}).get("sample_rate"),
+        "quality": (data.get("audio") or {}).get("quality"),
+        "speakers": data.get("num_speakers", 1),
+        "speaker_names": sorted(data.get("speaker_id_map") or {}),
+        "phoneme_type": data.get("phoneme_type"),
+    }
+
+
+def _image_metadata(files: dict[str, list[Path]]) -> dict[str, Any]:
+    model = files["model"][0]
+    names = _tensor_names(model)
+    return {
+        "format": model.suffix.lstrip(".").lower(),
+        "family": _image_family(names),
+        "has_vae": "vae" in files,
+        "has_taesd": "taesd" in files,
+    }
+
+
+def _tensor_names(path: Path) -> list[str]:
+    suffix = path.suffix.lower()
+    if suffix == ".gguf":
+        return list(read_header(path).tensors)
+    if suffix in (".safetensors", ".sft"):
+        with path.open("rb") as f:
+            try:
+                (size,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(size))
+            except (struct.error, ValueError) as exc:
+                raise StoreError(f"{path.name} is not a valid safetensors file ({exc}).") from None
+        return [n for n in header if n != "__metadata__"]
+    return []  # .ckpt is a pickle: not opened without torch
+
+
+def _image_family(names: list[str]) -> str:
+    def has(*parts: str) -> bool:
+        return any(part in name for name in names for part in parts)
+
+    if has("double_blocks.", "single_transformer_blocks."):
+        return "flux"
+    if has("joint_blocks.", "transformer_blocks.0.ff_context"):
+        return "sd3"
+    if has("conditioner.embedders.1", "label_emb.0"):
+        return "sdxl"
+    if has("cond_stage_model.model.transformer"):
+        return "sd2"
+    if has("input_blocks.", "cond_stage_model.transformer."):
+        return "sd1"
+    if any(name.startswith(("decoder.layers.", "encoder.layers.")) for name in names):
+        return "taesd"
+    if has("first_stage_model.", "decoder.up_blocks.", "decoder.up."):
+        return "vae"
+    return "unknown"

@@ -1,0 +1,217 @@
+"""The model store facade used by the CLI and the server: pull, list, get, remove.
+
+`pull` reports progress as plain dicts (one JSON line each in `stacklet pull --json`, one event each
+on the management API's streamed pull):
+
+    {"event": "resolved", "model", "source", "repo", "revision", "commit", "files": [{"path", "role", "size"}],
+     "total_bytes"}
+    {"event": "file_start", "file", "size"}
+    {"event": "progress", "file", "bytes", "size"}           # bytes so far for this file, resumed part included
+    {"event": "file_done", "file", "size"}
+    {"event": "verified", "file", "sha256"}
+    {"event": "registered", "model", "kind", "size", "files"}
+
+Nothing is registered until every file is in the store and verified.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime.config import Paths
+from runtime.errors import ConflictError, InvalidRequestError, StoreError
+from runtime.store import layout, selection
+from runtime.store.metadata import describe
+from runtime.store.registry import ENGINE_FOR_KIND, ModelFile, ModelRecord, Registry
+
+Progress = Callable[[dict[str, Any]], None]
+_NAME_RE = re.compile(r"[A-Za-z0-9][\w.:/+-]{0,127}")
+_PATH_HINTS = ("/", "./", "../", "~", ".\\")
+_PROGRESS_INTERVAL_S = 0.2
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    role: str
+    repo_path: str  # path inside the (pseudo) repo
+    link: Path  # snapshot path in the store
+    sha256: str
+
+
+class Store:
+    def __init__(self, paths: Paths, registry: Registry | None = None) -> None:
+        self.paths = paths.ensure()
+        self.registry = registry or Registry(paths)
+
+    def list(self) -> list[ModelRecord]:
+        return self.registry.list()
+
+    def get(self, name: str) -> ModelRecord:
+        return self.registry.get(name)
+
+    def pull(self, source: str, name: str | None = None, kind: str | None = None, revision: str | None = None,
+             files: list[str] | None = None, token: str | None = None, progress: Progress | None = None,
+             endpoint: str | None = None) -> ModelRecord:
+        """Fetch a model from the hub (or import a local path), verify it, then register it."""
+        if kind is not None and kind not in ENGINE_FOR_KIND:
+            raise InvalidRequestError(f"Unknown kind '{kind}'. Use one of: {', '.join(ENGINE_FOR_KIND)}.",
+                                      param="kind")
+        emit = _Emitter(progress)
+        local = Path(source).expanduser()
+        if local.exists():
+            return self._import_local(local.resolve(), name, kind, files, emit)
+        if source.startswith(_PATH_HINTS) or source.lower().endswith((".gguf", ".onnx", ".safetensors")):
+            raise StoreError(f"No such file or directory: {source}")
+        parsed = selection.parse_source(source, is_local=False)
+        return self._pull_hub(parsed, name, kind, revision, files, token, endpoint, emit)
+
+    def remove(self, name: str) -> tuple[ModelRecord, int]:
+        """Unregister a model and free the blobs no other model uses; returns (record, bytes freed)."""
+        record = self.registry.remove(name)
+        still_used = [f.path for other in self.registry.list() for f in other.files]
+        freed = layout.remove_files(self.paths.models, [f.path for f in record.files], still_used)
+        return record, freed
+
+    def close(self) -> None:
+        self.registry.close()
+
+    def _pull_hub(self, source: selection.Source, name: str | None, kind: str | None, revision: str | None,
+                  patterns: list[str] | None, token: str | None, endpoint: str | None,
+                  emit: _Emitter) -> ModelRecord:
+        from runtime.store.hub import Hub
+
+        hub = Hub(self.paths.models, token=token, endpoint=endpoint)
+        listing = hub.list_files(source.repo, revision)
+        chosen = selection.select(sorted(listing.files), source.quant, patterns)
+        name = self._check_name(name or selection.default_name(source, chosen), {"type": "hf", "repo": source.repo})
+        remote = [listing.files[s.path] for s in chosen]
+        emit.resolved(name, "hf", chosen, [f.size for f in remote],
+                      repo=source.repo, revision=listing.revision, commit=listing.commit)
+        fetched = []
+        for selected, file in zip(chosen, remote):
+            emit.file_start(file.path, file.size)
+            link = hub.download(listing, file, lambda n, p=file.path, s=file.size: emit.add_bytes(p, n, s))
+            emit.file_done(file.path, file.size)
+            sha256 = file.sha256 or layout.sha256_of(link)
+            emit.verified(file.path, sha256)
+            fetched.append(_Fetched(selected.role, file.path, link, sha256))
+        source_info = {"type": "hf", "repo": source.repo, "revision": listing.revision, "commit": listing.commit,
+                       "quant": source.quant, "files": patterns, "endpoint": hub.endpoint}
+        return self._register(name, kind, source_info, fetched, emit)
+
+    def _import_local(self, path: Path, name: str | None, kind: str | None, patterns: list[str] | None,
+                      emit: _Emitter) -> ModelRecord:
+        root = path if path.is_dir() else path.parent
+        available = _files_under(root) if path.is_dir() else _files_under(root, depth=1)
+        patterns = patterns or (None if path.is_dir() else selection.local_patterns(path.name))
+        chosen = selection.select(available, None, patterns)
+        source = selection.Source("local", path=str(path))
+        name = self._check_name(name or selection.default_name(source, chosen), {"type": "local", "path": str(path)})
+        sizes = [(root / s.path).stat().st_size for s in chosen]
+        emit.resolved(name, "local", chosen, sizes, path=str(path))
+        hashed = []
+        for selected, size in zip(chosen, sizes):
+            emit.file_start(selected.path, size)
+            sha256 = layout.sha256_of(root / selected.path)
+            emit.add_bytes(selected.path, size, size)
+            emit.file_done(selected.path, size)
+            emit.verified(selected.path, sha256)
+            hashed.append((selected, sha256))
+
+        repo = layout.repo_dir(self.paths.models, layout.local_repo(root.name))
+        commit = layout.local_commit(f"{s.path}:{h}" for s, h in hashed)
+        fetched = [
+            _Fetched(s.role, s.path, layout.link_snapshot(repo, commit, s.path,
+                                                          layout.import_file(repo, root / s.path, h)), h)
+            for s, h in hashed
+        ]
+        return self._register(name, kind, {"type": "local", "path": str(path), "commit": commit}, fetched, emit)
+
+    def _check_name(self, name: str, identity: dict[str, str]) -> str:
+        """Fail before any download when the name is taken by a different model (same source = refresh)."""
+        if not _NAME_RE.fullmatch(name):
+            raise InvalidRequestError(
+                f"Invalid model name '{name}': use letters, digits and . _ - : / + (at most 128).", param="name"
+            )
+        existing = self.registry.find(name)
+        if existing and any(existing.source.get(k) != v for k, v in identity.items()):
+            raise ConflictError(
+                f"A model named '{name}' already exists. Choose another with --name or remove it first."
+            )
+        return name
+
+    def _register(self, name: str, kind: str | None, source: dict[str, Any], fetched: list[_Fetched],
+                  emit: _Emitter) -> ModelRecord:
+        by_role: dict[str, list[Path]] = {}
+        for item in fetched:
+            by_role.setdefault(item.role, []).append(item.link)
+        detected, metadata = describe(by_role)
+        record = ModelRecord(
+            name=name,
+            kind=kind or detected,
+            source=source,
+            files=[ModelFile(f.role, str(f.link.relative_to(self.paths.models)), f.link.stat().st_size, f.sha256)
+                   for f in fetched],
+            metadata=metadata,
+        )
+        previous = self.registry.find(name)
+        if previous:
+            record.options = previous.options
+        self.registry.add(record, replace=previous is not None)
+        if previous:
+            still_used = [f.path for other in self.registry.list() for f in other.files]
+            layout.remove_files(self.paths.models, [f.path for f in previous.files], still_used)
+        emit.registered(record)
+        return record
+
+
+def _files_under(root: Path, depth: int | None = None) -> list[str]:
+    found = []
+    for path in sorted(root.rglob("*") if depth is None else root.iterdir()):
+        relative = path.relative_to(root)
+        if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+            found.append(relative.as_posix())
+    return found
+
+
+class _Emitter:
+    """Turns store steps into progress events; byte counts are throttled to a few per second."""
+
+    def __init__(self, callback: Progress | None) -> None:
+        self.callback = callback
+        self.done: dict[str, int] = {}
+        self.last_sent = 0.0
+
+    def _send(self, event: str, **fields: Any) -> None:
+        if self.callback is not None:
+            self.callback({"event": event, **fields})
+
+    def resolved(self, name: str, source: str, chosen: list[selection.Selected], sizes: list[int],
+                 **where: Any) -> None:
+        files = [{"path": s.path, "role": s.role, "size": size} for s, size in zip(chosen, sizes)]
+        self._send("resolved", model=name, source=source, **where, files=files, total_bytes=sum(sizes))
+
+    def file_start(self, path: str, size: int) -> None:
+        self.done[path] = 0
+        self._send("file_start", file=path, size=size)
+
+    def add_bytes(self, path: str, count: int, size: int) -> None:
+        self.done[path] = self.done.get(path, 0) + count
+        now = time.monotonic()
+        if now - self.last_sent >= _PROGRESS_INTERVAL_S or self.done[path] >= size:
+            self.last_sent = now
+            self._send("progress", file=path, bytes=self.done[path], size=size)
+
+    def file_done(self, path: str, size: int) -> None:
+        self._send("file_done", file=path, size=size)
+
+    def verified(self, path: str, sha256: str) -> None:
+        self._send("verified", file=path, sha256=sha256)
+
+    def registered(self, record: ModelRecord) -> None:
+        self._send("registered", model=record.name, kind=record.kind, size=record.size, files=len(record.files))

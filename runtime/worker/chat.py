@@ -1,0 +1,199 @@
+"""/v1/chat/completions on a TextEngine: request -> prompt and sampling, deltas -> OpenAI shapes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.engines.base import SamplingParams, TextDelta, TextEngine, Usage
+from runtime.errors import ContextLengthExceededError, InvalidRequestError
+from runtime.protocol import chat as wire
+from runtime.protocol.chat import ChatMessage, CreateChatCompletionRequest
+from runtime.worker import grammar
+from runtime.worker.choices import ChoiceOutput
+from runtime.worker.threads import stream_in_thread
+
+NON_TEXT_PARTS = {"image_url": "image", "input_audio": "audio", "file": "file"}
+
+
+@dataclass
+class ChatJob:
+    """Everything one request needs once its prompt is rendered."""
+
+    request: CreateChatCompletionRequest
+    prompt: list[int]
+    params: SamplingParams
+    n: int
+    tool_choice: str
+    tool_names: set[str]
+    thinking: bool
+    fingerprint: str
+    completion_id: str = field(default_factory=lambda: "chatcmpl-" + uuid.uuid4().hex[:29])
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def outputs(self) -> list[ChoiceOutput]:
+        return [ChoiceOutput(self.tool_choice, self.tool_names, self.thinking) for _ in range(self.n)]
+
+
+def prepare(engine: TextEngine, req: CreateChatCompletionRequest, fingerprint: str) -> ChatJob:
+    """Render and tokenize the prompt, check it fits, and build the sampling parameters (blocking)."""
+    tool_choice = req.effective_tool_choice()
+    tools = [t.model_dump(exclude_none=True) for t in req.function_tools()] if tool_choice != "none" else []
+    messages = [template_message(m, i) for i, m in enumerate(req.messages)]
+    text = engine.render_chat(messages, tools or None)
+    prompt = engine.tokenize(text)
+    max_tokens = req.max_output_tokens()
+    check_context(engine.context_length, len(prompt), max_tokens, "messages")
+    params = sampling_params(req.temperature, req.top_p, req.seed, req.presence_penalty, req.frequency_penalty,
+                             req.logit_bias, wire.stop_list(req.stop), max_tokens)
+    params.logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    params.grammar = output_grammar(req, tool_choice)
+    return ChatJob(req, prompt, params, req.n or 1, tool_choice, {t.function.name for t in req.function_tools()},
+                   thinking=text.rstrip().endswith("<think>"), fingerprint=fingerprint)
+
+
+def template_message(message: ChatMessage, index: int) -> dict[str, Any]:
+    """A message as chat templates expect it: text content, `developer` as `system`."""
+    role = {"developer": "system", "function": "tool"}.get(message.role, message.role)
+    out: dict[str, Any] = {"role": role, "content": flatten(message, index)}
+    if message.name:
+        out["name"] = message.name
+    if message.tool_calls:
+        out["tool_calls"] = [c.model_dump() for c in message.tool_calls]
+    if message.tool_call_id:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def flatten(message: ChatMessage, index: int) -> str:
+    content = message.content
+    if content is None:
+        return message.refusal or ""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        if part.type in NON_TEXT_PARTS:
+            kind = NON_TEXT_PARTS[part.type]
+            raise InvalidRequestError(f"This model does not accept {kind} input. Send text only, or use a model "
+                                      f"that supports {kind} input.", param=f"messages[{index}].content",
+                                      code="unsupported_value")
+        texts.append(getattr(part, "text", None) or getattr(part, "refusal", ""))
+    return "\n".join(texts)
+
+
+def check_context(limit: int, prompt_tokens: int, max_tokens: int | None, param: str) -> None:
+    if prompt_tokens + (max_tokens or 0) > limit or prompt_tokens >= limit:
+        raise ContextLengthExceededError(limit, prompt_tokens, max_tokens, param=param)
+
+
+def sampling_params(temperature: float | None, top_p: float | None, seed: int | None,
+                    presence_penalty: float | None, frequency_penalty: float | None,
+                    logit_bias: dict[str, float] | None, stop: list[str], max_tokens: int | None) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if temperature is None else temperature,
+        top_p=1.0 if top_p is None else top_p,
+        seed=seed,
+        presence_penalty=presence_penalty or 0.0,
+        frequency_penalty=frequency_penalty or 0.0,
+        logit_bias={int(k): v for k, v in (logit_bias or {}).items()},
+        stop=stop,
+    )
+
+
+def output_grammar(req: CreateChatCompletionRequest, tool_choice: str) -> str | None:
+    tools = {t.function.name: t.function.parameters for t in req.function_tools()}
+    if tool_choice == "required":
+        return grammar.required_tool_grammar(list(tools.items()))
+    if tool_choice in tools:
+        return grammar.named_tool_grammar(tools[tool_choice])
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return grammar.json_grammar(None)
+    return grammar.json_grammar(fmt.json_schema.schema_)
+
+
+def usage_dict(engine: TextEngine, usage: Usage, outputs: list[ChoiceOutput]) -> dict[str, Any]:
+    reasoning = sum(len(engine.tokenize(o.reasoning, add_special=False)) for o in outputs if o.reasoning)
+    return wire.usage(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, reasoning)
+
+
+def logprob_entries(delta: TextDelta) -> list[dict[str, Any]]:
+    return [wire.token_logprob(lp.token, lp.logprob, lp.bytes, lp.top) for lp in delta.logprobs]
+
+
+# Non-streaming
+
+
+def collect(engine: TextEngine, job: ChatJob, usage: Usage, cancel: threading.Event) -> dict[str, Any]:
+    """Run the generation to its end and build the chat.completion object (blocking)."""
+    outputs = job.outputs()
+    finish: dict[int, str] = {}
+    logprobs: dict[int, list[dict[str, Any]]] = {i: [] for i in range(job.n)}
+    for delta in engine.generate(job.prompt, job.params, job.n, usage, cancel):
+        out = outputs[delta.index]
+        out.feed(delta.text)
+        logprobs[delta.index].extend(logprob_entries(delta))
+        if delta.finish_reason:
+            out.finish()
+            finish[delta.index] = out.finish_reason(delta.finish_reason)
+    wanted = job.params.logprobs is not None
+    choices = [wire.choice(i, out.message(), finish.get(i, "stop"), logprobs[i] if wanted else None)
+               for i, out in enumerate(outputs)]
+    req = job.request
+    return wire.completion(job.completion_id, job.created, req.model, job.fingerprint, choices,
+                           usage_dict(engine, usage, outputs))
+
+
+# Streaming
+
+
+async def stream(engine: TextEngine, job: ChatJob, usage: Usage,
+                 cancel: threading.Event) -> AsyncIterator[dict[str, Any]]:
+    """chat.completion.chunk objects exactly in OpenAI's order."""
+    outputs = job.outputs()
+    wanted = job.params.logprobs is not None
+    opened: set[int] = set()
+    held: dict[int, list[dict[str, Any]]] = {i: [] for i in range(job.n)}
+
+    def chunk(choices: list[dict[str, Any]], usage_: dict[str, Any] | None = None) -> dict[str, Any]:
+        return wire.chunk(job.completion_id, job.created, job.request.model, job.fingerprint, choices, usage_)
+
+    def content_chunk(index: int, delta: dict[str, Any]) -> dict[str, Any]:
+        lps = None
+        if wanted:
+            lps, held[index] = held[index], []
+        return chunk([wire.chunk_choice(index, delta, lps)])
+
+    produce = lambda: engine.generate(job.prompt, job.params, job.n, usage, cancel)  # noqa: E731
+    async for delta in stream_in_thread(produce, cancel):
+        index, out = delta.index, outputs[delta.index]
+        if index not in opened:
+            opened.add(index)
+            yield chunk([wire.chunk_choice(index, out.opening(), [] if wanted else None)])
+        held[index].extend(logprob_entries(delta))
+        pieces = out.feed(delta.text) + (out.finish() if delta.finish_reason else [])
+        if wanted and held[index] and not pieces and delta.finish_reason:
+            pieces = [{"content": ""}]
+        for piece in pieces:
+            yield content_chunk(index, piece)
+        if delta.finish_reason:
+            yield chunk([wire.chunk_choice(index, {}, None, out.finish_reason(delta.finish_reason))])
+    options = job.request.stream_options
+    if options is not None and options.include_usage:
+        yield chunk([], usage_dict(engine, usage, outputs))
+
+
+def fingerprint(engine: TextEngine) -> str:
+    """`system_fingerprint`: changes when the engine's model or options change."""
+    facts = json.dumps(engine.info(), sort_keys=True, default=str)  # type: ignore[attr-defined]
+    return "fp_" + hashlib.sha256(facts.encode()).hexdigest()[:10]

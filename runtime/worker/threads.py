@@ -1,0 +1,53 @@
+"""Run blocking engine calls off the event loop, and cancel them when the client goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+T = TypeVar("T")
+_END = object()
+DISCONNECT_POLL_S = 0.25
+
+
+async def stream_in_thread(produce: Callable[[], Iterator[T]], cancel: threading.Event) -> AsyncIterator[T]:
+    """Items of `produce()` as they come. The iterator runs to its end in its own thread (so the engine
+    always releases what it holds); closing this generator early sets `cancel` to make that end soon."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def put(item: Any) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def run() -> None:
+        try:
+            for item in produce():
+                put(item)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(exc)
+        put(_END)
+
+    threading.Thread(target=run, name="engine-stream", daemon=True).start()
+    try:
+        while (item := await queue.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        cancel.set()
+
+
+async def run_cancellable(request: Request, call: Callable[[], T], cancel: threading.Event) -> T:
+    """`call()` in a thread; `cancel` is set if the client disconnects before it returns."""
+    task = asyncio.ensure_future(run_in_threadpool(call))
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            cancel.set()

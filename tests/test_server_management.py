@@ -1,0 +1,103 @@
+"""The management API (/v1/models): list with state, get, load/unload, streamed pull, delete."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from test_server import JSON_PARSE_MESSAGE, StubScheduler, make_client
+
+from runtime.config import Settings
+from runtime.store.keys import KeyStore
+
+
+@pytest.fixture
+def scheduler() -> StubScheduler:
+    return StubScheduler()
+
+
+@pytest.fixture
+def client(scheduler: StubScheduler) -> Iterator[TestClient]:
+    settings = Settings.load()
+    key, _ = KeyStore(settings.paths).create("test")
+    with make_client(settings, scheduler, key) as test_client:
+        yield test_client
+
+
+def test_management_list_get_load_unload(client, scheduler):
+    listed = client.get("/v1/models").json()
+    assert listed["object"] == "list"
+    assert {m["state"] for m in listed["data"]} == {"available"}
+    loaded = client.post("/v1/models/fake-llm/load", json={"ctx_size": 4096, "n_gpu_layers": "all",
+                                                            "keep_alive": "1h"})
+    assert loaded.status_code == 200, loaded.text
+    body = loaded.json()
+    assert body["state"] == "loaded"
+    assert body["worker"]["options"] == {"ctx_size": 4096, "n_gpu_layers": "all"}
+    assert body["expires_at"] == 1700000000.0
+    assert body["meta"]["context_length"] == 4096  # the loaded engine's fact wins over metadata
+    assert client.get("/v1/models/fake-llm").json()["state"] == "loaded"
+    assert client.post("/v1/models/fake-llm/unload").json() == {"id": "fake-llm", "object": "model",
+                                                                "unloaded": True}
+    assert client.get("/v1/models/fake-llm").json()["state"] == "available"
+
+
+def test_management_errors(client):
+    bad_option = client.post("/v1/models/fake-llm/load", json={"flash_attn": "sometimes"})
+    assert bad_option.status_code == 400
+    assert bad_option.json()["error"]["param"] == "flash_attn"
+    unknown_option = client.post("/v1/models/fake-llm/load", json={"warp_speed": 9})
+    assert unknown_option.json()["error"]["param"] == "warp_speed"
+    assert client.post("/v1/models/nope/load").json()["error"]["code"] == "model_not_found"
+    assert client.get("/v1/models/nope").status_code == 404
+    assert client.post("/v1/models/fake-llm/load", content=b"{oops").json()["error"]["message"] == JSON_PARSE_MESSAGE
+
+
+def sse_events(text: str) -> list[dict]:
+    data = [line.removeprefix("data: ") for line in text.splitlines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]"
+    return [json.loads(item) for item in data[:-1]]
+
+
+def test_pull_streams_progress_then_the_model(client, minilm_gguf):
+    response = client.post("/v1/models", json={"source": str(minilm_gguf), "name": "minilm", "kind": "embedding"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(response.text)
+    kinds = [event["event"] for event in events]
+    assert kinds[0] == "resolved"
+    assert "progress" in kinds and "registered" in kinds
+    assert kinds[-1] == "success"
+    model = events[-1]["model"]
+    assert (model["id"], model["kind"], model["state"]) == ("minilm", "embedding", "available")
+    assert model["size"] == minilm_gguf.stat().st_size
+    assert client.get("/v1/models/minilm").json()["id"] == "minilm"
+    assert "minilm" in {m["id"] for m in client.get("/v1-openai/models").json()["data"]}
+
+
+def test_pull_failure_is_an_error_event(client, tmp_path):
+    response = client.post("/v1/models", json={"source": str(tmp_path / "missing.gguf")})
+    events = sse_events(response.text)
+    assert events[-1]["error"]["type"] == "server_error"
+    assert "No such file" in events[-1]["error"]["message"]
+
+
+def test_pull_needs_a_source(client):
+    response = client.post("/v1/models", json={"name": "x"})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "source"
+
+
+def test_delete_unloads_then_removes(client, scheduler, minilm_gguf):
+    client.post("/v1/models", json={"source": str(minilm_gguf), "name": "minilm", "kind": "embedding"})
+    client.post("/v1/models/minilm/load")
+    response = client.delete("/v1/models/minilm")
+    assert response.status_code == 200
+    assert response.json()["deleted"] is True
+    assert scheduler.loaded == {}
+    assert client.get("/v1/models/minilm").json()["error"]["code"] == "model_not_found"
+    assert client.delete("/v1/models/minilm").status_code == 404
+
+

@@ -1,0 +1,285 @@
+"""Pulls from a local hub server through the real huggingface_hub client."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hubserver import FakeHub, tiny_gguf
+
+from runtime.config import Settings
+from runtime.errors import (
+    ChecksumMismatchError,
+    ConflictError,
+    FileNotInRepoError,
+    GatedRepoError,
+    HubUnreachableError,
+    RepoNotFoundError,
+)
+from runtime.store.store import Store
+
+GGUF = tiny_gguf()
+CHUNK = 10 * 1024 * 1024  # huggingface_hub writes downloads in 10 MiB chunks: resumes start at a chunk boundary
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    with FakeHub() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        yield server
+
+
+@pytest.fixture
+def store() -> Iterator[Store]:
+    opened = Store(Settings.load().paths)
+    yield opened
+    opened.close()
+
+
+def quant_repo(hub: FakeHub, quants: list[str], name: str = "org/Tiny-GGUF") -> None:
+    files = {f"tiny-{q}.gguf": tiny_gguf(extra=q.encode()) for q in quants}
+    hub.add_repo(name, {**files, "README.md": b"# tiny\n"})
+
+
+def model_path(store: Store, name: str, role: str = "model") -> Path:
+    record = store.get(name)
+    return next(store.paths.models / f.path for f in record.files if f.role == role)
+
+
+def test_explicit_quant(hub: FakeHub, store: Store) -> None:
+    quant_repo(hub, ["Q4_K_M", "Q8_0", "F16"])
+    record = store.pull("hf.co/org/Tiny-GGUF:q8_0")
+    assert record.name == "Tiny"
+    assert [f.path.rsplit("/", 1)[-1] for f in record.files] == ["tiny-Q8_0.gguf"]
+    assert record.kind == "llm"
+    assert record.metadata["quantization"] == "Q8_0"
+    assert record.metadata["context_length"] == 2048
+    assert record.metadata["has_chat_template"] is True
+    assert record.source["repo"] == "org/Tiny-GGUF"
+    assert model_path(store, "Tiny").read_bytes() == tiny_gguf(extra=b"Q8_0")
+
+
+def test_default_quant_is_q4_k_m(hub: FakeHub, store: Store) -> None:
+    quant_repo(hub, ["Q2_K", "Q4_K_M", "Q8_0"])
+    record = store.pull("org/Tiny-GGUF")
+    assert record.files[0].path.endswith("tiny-Q4_K_M.gguf")
+
+
+def test_nearest_quant_when_default_missing(hub: FakeHub, store: Store) -> None:
+    quant_repo(hub, ["Q2_K", "Q5_K_M", "Q8_0"])
+    record = store.pull("org/Tiny-GGUF")
+    assert record.files[0].path.endswith("tiny-Q5_K_M.gguf")
+
+
+def test_missing_quant_lists_available(hub: FakeHub, store: Store) -> None:
+    quant_repo(hub, ["Q4_K_M", "Q8_0"])
+    with pytest.raises(FileNotInRepoError) as caught:
+        store.pull("org/Tiny-GGUF:Q6_K")
+    assert "Q6_K" in caught.value.message
+    assert "Available: Q4_K_M, Q8_0" in caught.value.message
+    assert store.list() == []
+
+
+def test_sharded_gguf_pulls_every_shard(hub: FakeHub, store: Store) -> None:
+    shards = {f"Q4_K_M/big-Q4_K_M-0000{i}-of-00003.gguf": tiny_gguf(extra=bytes([i])) for i in (1, 2, 3)}
+    hub.add_repo("org/Big-GGUF", {**shards, "big-Q8_0.gguf": GGUF})
+    record = store.pull("org/Big-GGUF:Q4_K_M")
+    assert [f.role for f in record.files] == ["model", "shard", "shard"]
+    assert [f.path.rsplit("/", 1)[-1] for f in record.files] == sorted(p.rsplit("/", 1)[-1] for p in shards)
+    assert record.metadata["shards"] == 3
+    assert record.metadata["parameters"] == 3 * 32
+
+
+def test_mmproj_comes_along(hub: FakeHub, store: Store) -> None:
+    hub.add_repo("org/Vision-GGUF", {
+        "vision-Q4_K_M.gguf": GGUF,
+        "mmproj-vision-f16.gguf": tiny_gguf("clip", template=None),
+        "mmproj-vision-Q8_0.gguf": tiny_gguf("clip", template=None, extra=b"q8"),
+    })
+    record = store.pull("org/Vision-GGUF")
+    roles = {f.role: f.path.rsplit("/", 1)[-1] for f in record.files}
+    assert roles == {"model": "vision-Q4_K_M.gguf", "mmproj": "mmproj-vision-f16.gguf"}
+    assert record.metadata["has_mmproj"] is True
+
+
+def test_embedding_kind_from_pooling(hub: FakeHub, store: Store) -> None:
+    hub.add_repo("org/Embed-GGUF", {"embed-F16.gguf": tiny_gguf("bert", template=None, pooling=1)})
+    record = store.pull("org/Embed-GGUF")
+    assert record.kind == "embedding"
+    assert record.engine == "llama"
+    assert record.metadata["pooling"] == "mean"
+
+
+def test_whisper_repo(hub: FakeHub, store: Store) -> None:
+    vocabulary = "\n".join(f"tok{i}" for i in range(51865)) + "\n"
+    hub.add_repo("Systran/faster-whisper-tiny", {
+        "model.bin": b"\0" * 1000, "config.json": b'{"lang_ids": []}', "tokenizer.json": b"{}",
+        "vocabulary.txt": vocabulary.encode(), "README.md": b"whisper",
+    })
+    record = store.pull("Systran/faster-whisper-tiny")
+    assert record.kind == "transcription"
+    assert record.engine == "whisper"
+    assert sorted(f.role for f in record.files) == ["config", "model", "tokenizer", "vocabulary"]
+    assert record.metadata["multilingual"] is True
+
+
+def test_piper_voice_needs_file_choice(hub: FakeHub, store: Store) -> None:
+    config = json.dumps({"audio": {"sample_rate": 22050}, "language": {"code": "en_US"}, "num_speakers": 1})
+    hub.add_repo("rhasspy/piper-voices", {
+        "en/en_US/joe/medium/en_US-joe-medium.onnx": b"onnx-joe",
+        "en/en_US/joe/medium/en_US-joe-medium.onnx.json": config.encode(),
+        "de/de_DE/eva/x_low/de_DE-eva-x_low.onnx": b"onnx-eva",
+        "de/de_DE/eva/x_low/de_DE-eva-x_low.onnx.json": config.encode(),
+    })
+    with pytest.raises(FileNotInRepoError, match="--file"):
+        store.pull("rhasspy/piper-voices")
+    record = store.pull("rhasspy/piper-voices", files=["en_US-joe-*.onnx"], name="joe")
+    assert record.kind == "speech"
+    assert [f.role for f in record.files] == ["model", "config"]
+    assert record.metadata["sample_rate"] == 22050
+    assert record.metadata["language"] == "en_US"
+
+
+def test_diffusion_checkpoint_with_companions(hub: FakeHub, store: Store) -> None:
+    header = json.dumps({"model.diffusion_model.double_blocks.0.img_attn.qkv.weight":
+                         {"dtype": "F16", "shape": [1], "data_offsets": [0, 2]}}).encode()
+    checkpoint = len(header).to_bytes(8, "little") + header + b"\0\0"
+    hub.add_repo("org/flux-mini", {"flux-mini.safetensors": checkpoint, "ae.safetensors": checkpoint,
+                                   "taesd_decoder.safetensors": checkpoint})
+    record = store.pull("org/flux-mini", files=["flux-mini.safetensors", "taesd*"])
+    assert record.kind == "image"
+    assert record.engine == "diffusion"
+    assert {f.role for f in record.files} == {"model", "taesd"}
+    assert record.metadata["family"] == "flux"
+
+
+def test_resume_after_dropped_connection(hub: FakeHub, store: Store) -> None:
+    data = tiny_gguf(extra=os.urandom(CHUNK + 2_000_000))
+    hub.add_repo("org/Drop-GGUF", {"drop-Q4_K_M.gguf": data})
+    hub.state.drop_once[hashlib.sha256(data).hexdigest()] = CHUNK + 1_000_000
+    store.pull("org/Drop-GGUF")
+    assert [r for _, _, r in hub.requests("GET", "/cdn/")] == [None, f"bytes={CHUNK}-"]
+    assert model_path(store, "Drop").read_bytes() == data
+
+
+def test_rerun_resumes_a_partial(hub: FakeHub, store: Store) -> None:
+    data = tiny_gguf(extra=os.urandom(50_000))
+    sha = hashlib.sha256(data).hexdigest()
+    hub.add_repo("org/Part-GGUF", {"part-Q4_K_M.gguf": data})
+    blobs = store.paths.models / "models--org--Part-GGUF" / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / f"{sha}.incomplete").write_bytes(data[:20_000])  # what Ctrl-C leaves behind
+    store.pull("org/Part-GGUF")
+    assert [r for _, _, r in hub.requests("GET", "/cdn/")] == ["bytes=20000-"]
+    assert model_path(store, "Part").read_bytes() == data
+    assert not (blobs / f"{sha}.incomplete").exists()
+
+
+def test_interrupt_leaves_registry_untouched_and_rerun_skips_done_files(hub: FakeHub, store: Store) -> None:
+    shards = {f"two-Q4_K_M-0000{i}-of-00002.gguf": tiny_gguf(extra=bytes([i])) for i in (1, 2)}
+    hub.add_repo("org/Two-GGUF", shards)
+
+    def interrupt_second_file(event: dict) -> None:
+        if event["event"] == "file_start" and event["file"].endswith("00002-of-00002.gguf"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.pull("org/Two-GGUF", progress=interrupt_second_file)
+    assert store.list() == []
+    store.pull("org/Two-GGUF")
+    assert len(hub.requests("GET", "/cdn/")) == 2  # the first shard was not fetched twice
+
+
+def test_ctrl_c_in_the_cli_keeps_a_resumable_partial(hub: FakeHub, stacklet_home: Path) -> None:
+    data = tiny_gguf(extra=os.urandom(CHUNK + 2_000_000))
+    sha = hashlib.sha256(data).hexdigest()
+    hub.add_repo("org/Slow-GGUF", {"slow-Q4_K_M.gguf": data})
+    hub.state.stall_after[sha] = CHUNK + 1_000_000
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "STACKLET_HOME": str(stacklet_home)}
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "pull", "org/Slow-GGUF", "--json"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert hub.state.stalled.wait(60)
+    partial = stacklet_home / "cache" / "hub" / "models--org--Slow-GGUF" / "blobs" / f"{sha}.incomplete"
+    _wait_for_size(partial, CHUNK)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    hub.state.release.set()
+    assert proc.returncode == 130
+    assert "resume" in err
+    assert partial.stat().st_size == CHUNK
+    rerun = subprocess.run([sys.executable, "-m", "cli", "list", "--json"], env=env, capture_output=True, text=True)
+    assert json.loads(rerun.stdout) == []
+    resumed = subprocess.run([sys.executable, "-m", "cli", "pull", "org/Slow-GGUF", "--json"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert hub.requests("GET", "/cdn/")[-1][2] == f"bytes={CHUNK}-"
+    registered = json.loads(resumed.stdout.splitlines()[-1])
+    assert registered["event"] == "registered" and registered["size"] == len(data)
+
+
+def _wait_for_size(path: Path, size: int) -> None:
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_size >= size:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never reached {size} bytes")
+
+
+def test_checksum_mismatch_registers_nothing(hub: FakeHub, store: Store) -> None:
+    quant_repo(hub, ["Q4_K_M"])
+    hub.state.corrupt.add(hashlib.sha256(tiny_gguf(extra=b"Q4_K_M")).hexdigest())
+    with pytest.raises(ChecksumMismatchError, match="Checksum mismatch"):
+        store.pull("org/Tiny-GGUF")
+    assert store.list() == []
+    blobs = store.paths.models / "models--org--Tiny-GGUF" / "blobs"
+    assert list(blobs.iterdir()) == []
+
+
+def test_gated_repo_needs_a_token(hub: FakeHub, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub.add_repo("org/Gated-GGUF", {"gated-Q4_K_M.gguf": GGUF}, gated_token="hf_good")
+    with pytest.raises(GatedRepoError, match="HF_TOKEN"):
+        store.pull("org/Gated-GGUF")
+    with pytest.raises(GatedRepoError, match="HF_TOKEN"):
+        store.pull("org/Gated-GGUF", token="hf_wrong")
+    assert store.pull("org/Gated-GGUF", token="hf_good").name == "Gated"
+    monkeypatch.setenv("HF_TOKEN", "hf_good")
+    assert store.pull("org/Gated-GGUF", name="gated-env").kind == "llm"
+
+
+def test_missing_repo_and_revision(hub: FakeHub, store: Store) -> None:
+    quant_repo(hub, ["Q4_K_M"])
+    with pytest.raises(RepoNotFoundError, match="org/Nope"):
+        store.pull("org/Nope")
+    with pytest.raises(RepoNotFoundError, match="v9"):
+        store.pull("org/Tiny-GGUF", revision="v9")
+
+
+def test_hub_unreachable(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(HubUnreachableError, match="Cannot reach"):
+        store.pull("org/Tiny-GGUF")
+
+
+def test_name_taken_by_another_source_fails_before_download(hub: FakeHub, store: Store) -> None:
+    quant_repo(hub, ["Q4_K_M"])
+    quant_repo(hub, ["Q4_K_M"], name="other/Tiny-GGUF")
+    store.pull("org/Tiny-GGUF")
+    with pytest.raises(ConflictError, match="--name"):
+        store.pull("other/Tiny-GGUF")
+    assert len(hub.requests("GET", "/cdn/")) == 1
+    assert store.pull("org/Tiny-GGUF").name == "Tiny"  # same source: a refresh, not a conflict
