@@ -98,3 +98,20 @@ def minilm_engine(minilm_gguf: Path) -> Iterator[Any]:
     engine = LlamaEngine(ModelSpec("all-MiniLM-L6-v2", "embedding", "llama", {"model": minilm_gguf}))
     yield engine
     engine.close()
+
+
+@pytest.fixture(scope="session")
+def text_app() -> Callable[[Any], Any]:
+    """`text_app(engine)`: an app serving only the text routes (no lifespan, so shared engines stay open)."""
+    from fastapi import FastAPI
+
+    from runtime.server.errors import install_error_handlers
+    from runtime.worker.text import create_router
+
+    def build(engine: Any) -> Any:
+        app = FastAPI()
+        install_error_handlers(app)
+        app.include_router(create_router(engine))
+        return app
+
+    return build

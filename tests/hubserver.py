@@ -41,6 +41,7 @@ class HubState:
     stalled: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
     log: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range header)
+    authorized: list[str] = field(default_factory=list)  # paths requested with an Authorization header
     blobs: dict[str, bytes] = field(default_factory=dict)
 
 
@@ -97,6 +98,8 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
         def _route(self, body: bool) -> None:
             path = unquote(urlsplit(self.path).path)
             state.log.append((self.command, path, self.headers.get("Range")))
+            if self.headers.get("Authorization"):
+                state.authorized.append(path)
             if path.startswith("/api/models/"):
                 return self._repo_info(path.removeprefix("/api/models/"))
             if path.startswith("/cdn/"):

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from runtime import media
 from runtime.engines.base import ModelSpec
-from runtime.engines.speech import OPENAI_VOICES, PiperEngine, phonemize
+from runtime.engines.speech import MAX_PHONEMES, OPENAI_VOICES, PiperEngine, phonemize
 from runtime.server.errors import install_error_handlers
 from runtime.worker import audio
 
@@ -97,6 +97,13 @@ def test_sentences_are_split_with_their_punctuation():
     assert len(sentences) == 3
     assert "," in sentences[0] and sentences[0].endswith(".")
     assert sentences[1].endswith("?") and sentences[2].endswith("!")
+    assert len(phonemize("Dr. Smith met Mrs. Jones. They left.", "en-us")) == 2  # titles end no sentence
+
+
+def test_run_on_text_is_cut_at_word_breaks():
+    pieces = phonemize("word " * 400, "en-us")
+    assert len(pieces) > 1 and all(len(p) <= MAX_PHONEMES for p in pieces)
+    assert all(not p.startswith(" ") and not p.endswith(" ") for p in pieces)
 
 
 class GatedEngine:

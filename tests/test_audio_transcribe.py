@@ -178,7 +178,8 @@ def test_prompt_language_and_temperature_are_accepted(client):
 
 def test_long_audio_is_decoded_in_windows_and_cancel_stops_between_segments(engine):
     clip = media.decode_audio(FOX.read_bytes())
-    long_audio = np.concatenate([clip] * 7)  # about 38 s: more than one 30 s window
+    pause = np.zeros(8000, np.float32)
+    long_audio = np.concatenate([clip, pause] * 7)  # about 42 s: more than one 30 s window
     info, segments = engine.transcribe(long_audio, TranscriptionParams(), threading.Event())
     segments = list(segments)
     assert info.duration > 30

@@ -11,8 +11,6 @@ import httpx
 import openai
 import pytest
 
-from runtime.worker.app import create_worker_app
-
 STREAMS = Path("/work/shared/reference/openai-streams")
 MODEL = "SmolLM2-135M-Instruct"
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -34,8 +32,8 @@ TIME_TOOL = {"type": "function", "function": {"name": "get_time", "parameters": 
 
 
 @pytest.fixture(scope="module")
-def base_url(live_server: Any, smollm_engine: Any) -> str:
-    return live_server(create_worker_app(smollm_engine)) + "/v1"
+def base_url(live_server: Any, text_app: Any, smollm_engine: Any) -> str:
+    return live_server(text_app(smollm_engine)) + "/v1"
 
 
 @pytest.fixture
@@ -152,7 +150,8 @@ def test_logprobs_shapes(client: openai.OpenAI, base_url: str) -> None:
     recorded = recorded_chunks("logprobs.sse")
     assert keys(events[0]) == keys(recorded[0])
     assert events[0]["choices"][0]["logprobs"] == {"content": [], "refusal": None}
-    assert keys(events[1]["choices"][0]["logprobs"]["content"][0]) == keys(recorded[1]["choices"][0]["logprobs"]["content"][0])
+    entry = events[1]["choices"][0]["logprobs"]["content"][0]
+    assert keys(entry) == keys(recorded[1]["choices"][0]["logprobs"]["content"][0])
     assert events[1]["choices"][0]["logprobs"]["content"][0]["top_logprobs"] == []
 
 
@@ -193,7 +192,8 @@ def test_tool_history_and_developer_role_render(client: openai.OpenAI) -> None:
         {"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
         {"role": "user", "content": "Weather in Rome?"},
         {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Rome\"}"}}]},
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{\"city\":\"Rome\"}"}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "sunny"}]},
     ]
     result = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL], max_tokens=8)
@@ -221,7 +221,8 @@ def test_context_length_exceeded_wording(client: openai.OpenAI, smollm_engine: A
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": long}], max_tokens=5)
     error = caught.value
     assert error.code == "context_length_exceeded" and error.param == "messages"
-    assert error.message.startswith(f"This model's maximum context length is {smollm_engine.context_length} tokens.")
+    limit = smollm_engine.context_length
+    assert error.body["message"].startswith(f"This model's maximum context length is {limit} tokens.")
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=smollm_engine.context_length)
     assert "in the completion" in caught.value.message

@@ -6,10 +6,14 @@ import ast
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("fastapi", "uvicorn", "llama_cpp", "huggingface_hub", "stable_diffusion_cpp", "faster_whisper",

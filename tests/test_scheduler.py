@@ -267,9 +267,9 @@ def test_client_disconnect_frees_the_slot(start: Callable[..., Harness]) -> None
     stream.close()
     wait_until(lambda: harness.workers()["m"]["active"] == 0, "the slot to be released")
     worker = harness.workers()["m"]
-    status = httpx.get("http://worker/status", transport=httpx.HTTPTransport(
-        uds=harness.scheduler._slots["m"].worker.socket_path)).json()  # noqa: SLF001
-    assert status["active"] == 0
+    socket_path = str(harness.scheduler._slots["m"].worker.socket_path)
+    with httpx.Client(transport=httpx.HTTPTransport(uds=socket_path), base_url="http://worker") as direct:
+        wait_until(lambda: direct.get("/status").json()["active"] == 0, "the worker to drop the request")
     assert harness.chat("m", max_tokens=2).choices[0].finish_reason == "length"
     assert harness.workers()["m"]["pid"] == worker["pid"]
 

@@ -46,7 +46,8 @@ class StubScheduler:
     async def forward(self, model: str, path: str, request: Request, body: bytes,
                       keep_alive: float | None = None) -> Response:
         self.calls.append({"model": model, "path": path, "body": body, "keep_alive": keep_alive,
-                           "base_url": request.headers.get("x-stacklet-base-url")})
+                           "base_url": request.headers.get("x-stacklet-base-url"),
+                           "content_type": request.headers.get("content-type")})
         return JSONResponse({"id": "stub", "object": "stub", "model": model, "path": path})
 
     async def load(self, model: str, options: Any = None, keep_alive: float | None = None) -> dict[str, Any]:
@@ -119,7 +120,8 @@ def test_both_prefixes_forward_the_raw_body_to_the_canonical_path(client, schedu
     assert response.status_code == 200
     assert response.json()["path"] == "/v1/chat/completions"
     assert scheduler.calls == [{"model": "fake-llm", "path": "/v1/chat/completions", "body": body,
-                                "keep_alive": 300.0, "base_url": f"http://testserver{prefix}"}]
+                                "keep_alive": 300.0, "base_url": f"http://testserver{prefix}",
+                                "content_type": "application/json"}]
 
 
 def test_scheduler_starts_and_stops_with_the_app(settings, scheduler):
@@ -322,9 +324,38 @@ def test_openai_models_list_and_retrieve(client):
     assert client.get("/v1-openai/models/nope").json()["error"]["code"] == "model_not_found"
 
 
-def test_openapi_documents_no_422(client):
+def test_openapi_needs_a_key_and_documents_no_422(settings, scheduler, client):
+    with make_client(settings, scheduler) as anonymous:
+        assert anonymous.get("/openapi.json").status_code == 401
+        assert anonymous.get("/docs").status_code == 404
     document = client.get("/openapi.json").json()
     statuses = {status for path in document["paths"].values() for op in path.values() for status in op["responses"]}
     assert "422" not in statuses
     assert {"400", "401", "404", "413", "503"} <= statuses
     assert json.dumps(document)  # serialisable as served
+
+
+def test_unexpected_failure_is_a_500_envelope_without_internals(client, scheduler):
+    async def broken(*_: Any, **__: Any) -> Response:
+        raise RuntimeError("secret internals")
+
+    scheduler.forward = broken
+    response = client.post("/v1/embeddings", json={"model": "fake-embed", "input": "x"})
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "server_error"
+    assert "secret" not in response.text
+    assert response.headers["x-request-id"].startswith("req_")
+
+
+def test_unknown_urls_share_one_metrics_label(client):
+    client.get("/nope/1")
+    client.get("/nope/2")
+    assert 'stacklet_requests_total{method="GET",route="unmatched",status="404"} 2' in client.get("/metrics").text
+
+
+def test_a_json_body_sent_as_a_form_type_is_still_json(client, scheduler):
+    body = b'{"model": "fake-embed", "input": "x"}'  # what `curl -d` sends, labelled x-www-form-urlencoded
+    response = client.post("/v1/embeddings", content=body,
+                           headers={"content-type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 200
+    assert scheduler.calls[0]["content_type"] == "application/json"

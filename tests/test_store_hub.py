@@ -251,7 +251,10 @@ def test_gated_repo_needs_a_token(hub: FakeHub, store: Store, monkeypatch: pytes
         store.pull("org/Gated-GGUF")
     with pytest.raises(GatedRepoError, match="HF_TOKEN"):
         store.pull("org/Gated-GGUF", token="hf_wrong")
-    assert store.pull("org/Gated-GGUF", token="hf_good").name == "Gated"
+    record = store.pull("org/Gated-GGUF", token="hf_good")
+    assert record.name == "Gated"
+    assert "hf_good" not in json.dumps(record.to_dict())  # the token is never stored
+    assert hub.state.authorized and not any(p.startswith("/cdn/") for p in hub.state.authorized)
     monkeypatch.setenv("HF_TOKEN", "hf_good")
     assert store.pull("org/Gated-GGUF", name="gated-env").kind == "llm"
 
@@ -275,6 +278,14 @@ def test_hub_unreachable(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
         store.pull("org/Tiny-GGUF")
 
 
+def test_offline_mode_says_so(hub: FakeHub, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    quant_repo(hub, ["Q4_K_M"])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubUnreachableError, match="HF_HUB_OFFLINE"):
+        store.pull("org/Tiny-GGUF")
+    assert hub.state.log == []
+
+
 def test_name_taken_by_another_source_fails_before_download(hub: FakeHub, store: Store) -> None:
     quant_repo(hub, ["Q4_K_M"])
     quant_repo(hub, ["Q4_K_M"], name="other/Tiny-GGUF")
@@ -283,3 +294,16 @@ def test_name_taken_by_another_source_fails_before_download(hub: FakeHub, store:
         store.pull("other/Tiny-GGUF")
     assert len(hub.requests("GET", "/cdn/")) == 1
     assert store.pull("org/Tiny-GGUF").name == "Tiny"  # same source: a refresh, not a conflict
+
+
+def test_rm_keeps_a_blob_another_quant_shares(hub: FakeHub, store: Store) -> None:
+    hub.add_repo("org/Vision-GGUF", {"v-Q4_K_M.gguf": GGUF, "v-Q8_0.gguf": tiny_gguf(extra=b"8"),
+                                     "mmproj-v-f16.gguf": tiny_gguf("clip", template=None)})
+    store.pull("org/Vision-GGUF:Q4_K_M", name="v4")
+    store.pull("org/Vision-GGUF:Q8_0", name="v8")
+    projector = model_path(store, "v8", "mmproj")
+    _, freed = store.remove("v4")
+    assert freed == len(GGUF)
+    assert projector.read_bytes()[:4] == b"GGUF"
+    store.remove("v8")
+    assert not (store.paths.models / "models--org--Vision-GGUF").exists()

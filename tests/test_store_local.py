@@ -124,3 +124,14 @@ def test_selection_of_sharded_quants() -> None:
     assert [(s.role, s.path) for s in chosen] == [("model", "m-IQ4_XS.gguf"), ("mmproj", "mmproj-m-F16.gguf")]
     chosen = select(paths, quant="q8_0")
     assert [s.role for s in chosen] == ["model", "shard", "mmproj"]
+
+
+def test_diffusion_checkpoint_with_taesd_from_a_folder(store: Store, sd15_checkpoint: Path, taesd: Path) -> None:
+    assert sd15_checkpoint.parent == taesd.parent
+    record = store.pull(str(sd15_checkpoint.parent), name="sd15", files=[sd15_checkpoint.name, taesd.name])
+    assert record.kind == "image"
+    assert record.engine == "diffusion"
+    assert [f.role for f in record.files] == ["model", "taesd"]
+    assert record.metadata["family"] == "sd1"
+    assert record.metadata["has_taesd"] is True
+    assert set(record.spec(store.paths).files) == {"model", "taesd"}

@@ -27,6 +27,8 @@ class Kind(str, Enum):
 
 
 JsonOption = typer.Option(False, "--json", help="Machine-readable output (see the command help for the keys).")
+KindOption = typer.Option(None, "--kind", help="Override the detected kind.")
+FileOption = typer.Option(None, "--file", "-f", help="File name or glob in the repo (repeatable).")
 
 PULL_HELP = """Pull a model from Hugging Face, or import a local file or folder, into the store.
 
@@ -36,10 +38,15 @@ Sharded GGUFs bring every shard, vision models their mmproj, Piper voices their 
 Ctrl-C keeps the partial download: run the same command again to resume.
 
 With --json, one JSON object per line, keyed by "event":
-resolved {model, source, repo|path, revision, commit, files: [{path, role, size}], total_bytes};
-file_start {file, size}; progress {file, bytes, size}; file_done {file, size};
-verified {file, sha256}; registered {model, kind, size, files};
-error {message, type, code} (then a non-zero exit).
+
+\b
+  resolved    {model, source, repo|path, revision, commit, files: [{path, role, size}], total_bytes}
+  file_start  {file, size}
+  progress    {file, bytes, size}
+  file_done   {file, size}
+  verified    {file, sha256}
+  registered  {model, kind, size, files}
+  error       {message, type, code}  (then a non-zero exit)
 """
 
 
@@ -53,9 +60,9 @@ def _store() -> Store:
 def pull(
     source: str = typer.Argument(..., help="owner/repo[:QUANT], hf.co/owner/repo[:QUANT], or a local path."),
     name: str | None = typer.Option(None, "--name", "-n", help="Name to register (default: from the repo or file)."),
-    kind: Kind | None = typer.Option(None, "--kind", help="Override the detected kind."),
+    kind: Kind | None = KindOption,
     revision: str | None = typer.Option(None, "--revision", help="Branch, tag or commit (default: main)."),
-    files: list[str] | None = typer.Option(None, "--file", "-f", help="File name or glob in the repo (repeatable)."),
+    files: list[str] | None = FileOption,
     token: str | None = typer.Option(None, "--token", help="Hugging Face token for gated repos (default: HF_TOKEN).",
                                      show_default=False),
     as_json: bool = JsonOption,
@@ -94,11 +101,10 @@ class _PullView:
     """Rich bars: one per file and one for the total, with speed and ETA."""
 
     def __init__(self) -> None:
-        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                   TransferSpeedColumn)
+        from rich import progress as bars
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                 TransferSpeedColumn(), TimeRemainingColumn(), console=output.console)
+        self.progress = bars.Progress(bars.TextColumn("{task.description}"), bars.BarColumn(), bars.DownloadColumn(),
+                                      bars.TransferSpeedColumn(), bars.TimeRemainingColumn(), console=output.console)
         self.total_task: Any = None
         self.file_tasks: dict[str, Any] = {}
         self.file_bytes: dict[str, int] = {}
@@ -143,7 +149,14 @@ def list_models(as_json: bool = JsonOption) -> None:
     output.table(["NAME", "KIND", "SIZE", "DETAIL", "SOURCE", "PULLED"], rows)
 
 
-def show(name: str = typer.Argument(..., help="Model name."), as_json: bool = JsonOption) -> None:
+def _model_names(incomplete: str) -> list[str]:
+    return [record.name for record in _store().list() if record.name.startswith(incomplete)]
+
+
+NameArgument = typer.Argument(..., help="Model name.", autocompletion=_model_names)
+
+
+def show(name: str = NameArgument, as_json: bool = JsonOption) -> None:
     """Show a model: files, sizes, metadata, chat template and engine options.
 
     --json prints the model record: {name, kind, engine, size, source, files: [{role, path, size, sha256,
@@ -174,7 +187,7 @@ def show(name: str = typer.Argument(..., help="Model name."), as_json: bool = Js
         output.console.print(template, markup=False, highlight=False, soft_wrap=True)
 
 
-def rm(name: str = typer.Argument(..., help="Model name."),
+def rm(name: str = NameArgument,
        yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")) -> None:
     """Remove a model; frees the files no other model uses."""
     store = _store()

@@ -4,12 +4,35 @@ from __future__ import annotations
 
 import typer
 
+from cli.smoke import ApiKeyOption, BaseUrlOption, JsonOption, Report, openai_client
+
 test_app = typer.Typer(help="Smoke-test endpoints of stacklet (or any OpenAI-compatible server).",
                        no_args_is_help=True)
 
 
+@test_app.command("models")
+def test_models(base_url: str | None = BaseUrlOption, api_key: str | None = ApiKeyOption,
+                as_json: bool = JsonOption) -> None:
+    """List the models the server serves and retrieve each one, through the official openai client."""
+    report = Report("models")
+    client = openai_client(base_url, api_key)
+    ids: list[str] = []
+    with report.check("list models") as check:
+        ids = [model.id for model in client.models.list()]
+        check.detail = ", ".join(ids) or "the server lists no models"
+        check.extra["models"] = ids
+    for model_id in ids:
+        with report.check(f"retrieve {model_id}"):
+            retrieved = client.models.retrieve(model_id).id
+            if retrieved != model_id:
+                raise AssertionError(f"asked for {model_id}, got {retrieved}")
+    report.finish(as_json)
+
+
 def register(app: typer.Typer) -> None:
-    from cli.commands import test_images
+    from cli.commands import test_audio, test_images, test_text
 
     test_images.register(test_app)
+    test_audio.register(test_app)
+    test_text.register(test_app)
     app.add_typer(test_app, name="test")

@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from runtime.engines.base import (
+    KIND_CAPABILITIES,
     ImageParams,
     ModelSpec,
     SamplingParams,
@@ -34,13 +35,6 @@ from runtime.engines.base import (
 )
 from runtime.errors import EngineError, InvalidRequestError
 
-CAPABILITIES = {
-    "llm": frozenset({"chat", "completions", "embeddings"}),
-    "embedding": frozenset({"embeddings"}),
-    "image": frozenset({"images", "image_edits"}),
-    "speech": frozenset({"speech"}),
-    "transcription": frozenset({"transcriptions", "translations"}),
-}
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
 TOKEN_OFFSET = 10  # ids below this are special tokens
 BOS = 1
@@ -56,7 +50,7 @@ def _digest(*parts: Any) -> int:
 class FakeEngine:
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
-        self.capabilities = CAPABILITIES[spec.kind]
+        self.capabilities = KIND_CAPABILITIES[spec.kind]
         self.delay = float(spec.metadata.get("fake_delay", 0.0))
         self.crash_after = spec.metadata.get("fake_crash_after")
         self.context_length = spec.options.ctx_size or int(spec.metadata.get("context_length", 2048))

@@ -210,7 +210,7 @@ class LlamaEngine:
         """Evaluate the prompt, reusing the cached prefix; returns how many tokens were reused."""
         llm = self._llm
         same = 0
-        for have, want in zip(llm.input_ids[: llm.n_tokens].tolist(), prompt):
+        for have, want in zip(llm.input_ids[: llm.n_tokens].tolist(), prompt, strict=False):
             if have != want:
                 break
             same += 1

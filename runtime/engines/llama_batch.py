@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import logging
 import os
 import queue
 import threading
@@ -41,6 +42,7 @@ POLL_S = 0.05  # how often a waiting caller looks at its cancel event
 
 class BatchEngine:
     def __init__(self, model_path: Path | str, options: EngineOptions, *, embedding: bool) -> None:
+        logging.getLogger("llama-cpp-python").setLevel(logging.WARNING)  # llama.cpp logs every load step
         ll.llama_backend_init()  # idempotent: it only initialises tables and loads backends once
         self.embedding = embedding
         self._model = _load_model(Path(model_path), options)
@@ -62,8 +64,11 @@ class BatchEngine:
 
     def _new_context(self, options: EngineOptions, n_ctx_train: int) -> Any:
         params = ll.llama_context_default_params()
-        threads = options.threads or os.cpu_count() or 1
-        params.n_threads = params.n_threads_batch = threads
+        # llama-cpp-python's defaults: half the cores per token (spinning threads on a busy
+        # machine cost more than they bring), all of them for batches.
+        cores = os.cpu_count() or 1
+        params.n_threads = options.threads or max(1, cores // 2)
+        params.n_threads_batch = options.threads or cores
         params.flash_attn_type = FLASH_ATTN[options.flash_attn or "auto"]
         params.type_k = CACHE_TYPES[options.cache_type_k or "f16"]
         params.type_v = CACHE_TYPES[options.cache_type_v or "f16"]

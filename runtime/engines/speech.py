@@ -29,6 +29,8 @@ _PHONEMES_IPA = 0x02
 _SENTENCE_ENDS = {".": ".", "?": "?", "!": "!", "…": "."}
 _CLAUSE_ENDS = (",", ";", ":")
 _CLOSERS = "\"'”’»)]} \t\r\n"
+MAX_PHONEMES = 400  # per model call
+_TITLES = {"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "mt", "vs"}
 # espeak-ng keeps its voice and buffers in process-wide globals: one caller at a time
 _ESPEAK_LOCK = threading.Lock()
 
@@ -36,9 +38,12 @@ _ESPEAK_LOCK = threading.Lock()
 @functools.cache
 def _espeak() -> Any:
     """Load and initialise the bundled libespeak-ng once per process."""
-    import espeakng_loader
+    try:
+        import espeakng_loader
 
-    lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        lib = ctypes.CDLL(espeakng_loader.get_library_path())
+    except (ImportError, OSError) as exc:
+        raise EngineError(f"espeak-ng is not available ({exc}); run `pip install espeakng-loader`.") from exc
     lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
     lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
     lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
@@ -52,7 +57,7 @@ def _espeak() -> Any:
 def phonemize(text: str, espeak_voice: str) -> list[str]:
     """IPA phonemes of `text`, one string per sentence, clause punctuation kept."""
     lib = _espeak()
-    raw = text.encode()
+    raw = text.replace("\x00", " ").encode()
     buffer = ctypes.create_string_buffer(raw)
     base = ctypes.addressof(buffer)
     pointer = ctypes.c_void_p(base)
@@ -67,7 +72,7 @@ def phonemize(text: str, espeak_voice: str) -> list[str]:
             if pointer.value:  # espeak has read one character into the next clause
                 start = end - len(clause[-1:].encode())
                 clause = clause[:-1]
-            mark = clause.rstrip(_CLOSERS)[-1:]
+            mark = _clause_mark(clause)
             if mark in _SENTENCE_ENDS:
                 sentences.append(current + phonemes + _SENTENCE_ENDS[mark])
                 current = ""
@@ -75,7 +80,27 @@ def phonemize(text: str, espeak_voice: str) -> list[str]:
                 current += phonemes + (mark if mark in _CLAUSE_ENDS else "") + " "
     if current.strip():
         sentences.append(current.rstrip())
-    return [s for s in sentences if s.strip(" .?!")]
+    return [part for s in sentences if s.strip(" .?!") for part in _split_long(s)]
+
+
+def _clause_mark(clause: str) -> str:
+    """The punctuation that ended a clause; none after a title such as "Dr.", which espeak also breaks at."""
+    stripped = clause.rstrip(_CLOSERS)
+    words = stripped.split()
+    if stripped.endswith(".") and words and words[-1].lower().rstrip(".") in _TITLES:
+        return ""
+    return stripped[-1:]
+
+
+def _split_long(sentence: str) -> list[str]:
+    """Cut run-on text at word breaks: one model call per piece bounds memory and time to first audio."""
+    parts = []
+    while len(sentence) > MAX_PHONEMES:
+        cut = sentence.rfind(" ", 0, MAX_PHONEMES)
+        cut = cut if cut > 0 else MAX_PHONEMES
+        parts.append(sentence[:cut])
+        sentence = sentence[cut:].lstrip()
+    return [*parts, sentence]
 
 
 class PiperEngine:
@@ -106,6 +131,7 @@ class PiperEngine:
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise EngineError(f"Cannot load the Piper voice {spec.name}: {exc}") from exc
         self._has_speaker_input = any(i.name == "sid" for i in self._session.get_inputs())
+        _espeak()  # fail at load, not on the first request
 
     def _speaker_ids(self) -> dict[str, int]:
         """Speaker name -> id; a single-speaker voice is named after its dataset."""

@@ -27,8 +27,10 @@ class WhisperEngine:
         self.device = _device(spec)
         # int8 is the fastest CPU type; on a GPU keep the model's own (usually float16)
         self.compute_type = "int8" if self.device == "cpu" else "default"
+        model = spec.files["model"]  # the CTranslate2 folder, or its model.bin as the store records it
+        folder = model if model.is_dir() else model.parent
         try:
-            self._model = WhisperModel(str(spec.files["model"]), device=self.device,
+            self._model = WhisperModel(str(folder), device=self.device,
                                        device_index=spec.options.main_gpu or 0, compute_type=self.compute_type,
                                        cpu_threads=spec.options.threads or 0)
         except (RuntimeError, ValueError, OSError) as exc:

@@ -152,14 +152,15 @@ def text_done_event(text: str, logprobs: list[dict[str, Any]] | None, usage: dic
 
 
 def format_srt(segments: list[Any]) -> str:
-    cues = [f"{n}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n{s.text.strip()}\n"
-            for n, s in enumerate(segments, start=1)]
-    return "\n".join(cues)
+    """SubRip: numbered cues, comma before the milliseconds, a blank line after each cue."""
+    return "".join(f"{n}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n{s.text.strip()}\n\n"
+                   for n, s in enumerate(segments, start=1))
 
 
 def format_vtt(segments: list[Any]) -> str:
-    cues = [f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{s.text.strip()}\n" for s in segments]
-    return "WEBVTT\n\n" + "\n".join(cues)
+    """WebVTT: the header, then cues with a dot before the milliseconds."""
+    return "WEBVTT\n\n" + "".join(f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{s.text.strip()}\n\n"
+                                    for s in segments)
 
 
 def _timestamp(seconds: float, decimal_mark: str) -> str:

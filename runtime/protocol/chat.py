@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from runtime.errors import InvalidRequestError
 from runtime.protocol.common import OpenAIRequest
@@ -14,7 +14,9 @@ TopP = Annotated[float | None, Field(ge=0, le=1)]
 Penalty = Annotated[float | None, Field(ge=-2, le=2)]
 ChoiceCount = Annotated[int | None, Field(ge=1, le=128)]
 TokenLimit = Annotated[int | None, Field(ge=1)]
-Stop = str | Annotated[list[str], Field(min_length=1, max_length=4)] | None
+# A single stop string becomes a list first, so errors name `stop` rather than a union branch.
+Stop = Annotated[Annotated[list[str], Field(min_length=1, max_length=4)] | None,
+                 BeforeValidator(lambda v: [v] if isinstance(v, str) else v)]
 LogitBias = dict[str, Annotated[float, Field(ge=-100, le=100)]] | None
 
 
@@ -222,10 +224,8 @@ def check_logit_bias(logit_bias: dict[str, float] | None) -> None:
                                       param="logit_bias", code="invalid_value")
 
 
-def stop_list(stop: str | list[str] | None) -> list[str]:
-    if stop is None:
-        return []
-    return [stop] if isinstance(stop, str) else [s for s in stop if s]
+def stop_list(stop: list[str] | None) -> list[str]:
+    return [s for s in stop or [] if s]
 
 
 # Responses

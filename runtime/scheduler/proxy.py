@@ -71,18 +71,27 @@ class ProxyResponse(Response):
                 await send({"type": "http.response.start", "status": upstream.status_code,
                             "headers": _response_headers(upstream)})
                 started = True
-                async for chunk in upstream.aiter_raw():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                tail = await self._relay_body(upstream, send)
             finally:
                 await upstream.aclose()
             lease.release(ok=upstream.status_code < 500)  # before the client sees the end
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
         except httpx.HTTPError as exc:
             log.warning("worker request %s failed: %s", self.path, exc)
             lease.release(ok=False)
             await self._fail(scope, send, started, streaming_events)
         finally:
             lease.release(ok=False)
+
+    @staticmethod
+    async def _relay_body(upstream: httpx.Response, send: Send) -> bytes:
+        """Stream chunks as they arrive; a sized body (JSON, computed whole) is held back and returned,
+        so the request counts as finished before the client can see its last byte."""
+        if "content-length" in upstream.headers:
+            return b"".join([chunk async for chunk in upstream.aiter_raw()])
+        async for chunk in upstream.aiter_raw():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        return b""
 
     async def _fail(self, scope: Scope, send: Send, started: bool, streaming_events: bool) -> None:
         """The worker went away: a clean error, in-band when the stream already started."""

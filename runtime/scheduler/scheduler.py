@@ -109,6 +109,8 @@ class Scheduler:
         self._housekeeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # httpx logs every request at INFO: the status polls and proxied calls would flood the server log.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         if not self.budget:
             self.budget = await asyncio.to_thread(default_budget, self.settings.engine)
         self._housekeeper = asyncio.create_task(self._housekeeping())

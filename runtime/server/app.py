@@ -14,8 +14,8 @@ from runtime.server.auth import check_bind
 from runtime.server.errors import install_error_handlers
 from runtime.server.metrics import Metrics
 from runtime.server.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from runtime.server.openapi import install_openapi
-from runtime.server.routes import health, management, openai
+from runtime.server.openapi import ERROR_RESPONSES, install_openapi
+from runtime.server.routes import files, health, management, openai
 from runtime.store.keys import KeyStore
 from runtime.store.registry import Registry
 
@@ -42,7 +42,9 @@ def create_app(settings: Settings, *, scheduler: Any = None, registry: Registry 
             await scheduler.shutdown()
             keys.close()
 
-    app = FastAPI(title="stacklet", version=health.stacklet_version(), lifespan=lifespan, redirect_slashes=False)
+    # The OpenAPI document is served by health's router, behind auth like every route but /health.
+    app = FastAPI(title="stacklet", version=health.stacklet_version(), lifespan=lifespan, redirect_slashes=False,
+                  openapi_url=None, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.registry = registry
     app.state.scheduler = scheduler
@@ -50,6 +52,7 @@ def create_app(settings: Settings, *, scheduler: Any = None, registry: Registry 
     app.state.metrics = Metrics()
     for router in (health.create_router(), openai.create_router(), management.create_router()):
         app.include_router(router)
+    app.include_router(files.create_router(settings), responses=ERROR_RESPONSES)
     install_error_handlers(app)
     install_openapi(app, [endpoint.schema for endpoint in openai.ENDPOINTS])
     # Added innermost first: the request context wraps everything, CORS answers preflights before auth.

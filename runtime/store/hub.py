@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from runtime.errors import (
     ChecksumMismatchError,
@@ -58,6 +59,12 @@ class Hub:
         from huggingface_hub import HfApi
 
         revision = revision or "main"
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            raise HubUnreachableError(
+                "Offline mode: HF_HUB_OFFLINE is set, so nothing is fetched from the Hub. "
+                "Unset it, or import a local file with `stacklet pull PATH`.",
+                retry_after=30,
+            )
         with self._errors(repo, revision):
             info = HfApi(endpoint=self.endpoint).model_info(
                 repo, revision=revision, files_metadata=True, token=self.token
@@ -87,7 +94,9 @@ class Hub:
         with WeakFileLock(str(self.models_dir / ".locks" / repo_dir.name / f"{etag}.lock")):
             if not blob.exists():
                 partial = blob.with_name(etag + ".incomplete")
-                headers = build_hf_headers(token=self.token)
+                # The token goes to the hub only, never to the CDN a large file redirects to.
+                same_host = urlsplit(meta.location).netloc == urlsplit(url).netloc
+                headers = build_hf_headers(token=self.token if same_host else False)
                 with self._errors(listing.repo, listing.revision, file.path), partial.open("ab") as out:
                     if out.tell() > file.size:  # a stale partial of a different file version
                         out.truncate(0)
@@ -121,7 +130,8 @@ class Hub:
             raise FileNotInRepoError(f"{path} is not in {repo}@{revision}.", param="file") from None
         except hf.RepositoryNotFoundError:
             raise RepoNotFoundError(
-                f"Repository {repo} not found on {self.endpoint}. Check the name; private repos need HF_TOKEN or --token."
+                f"Repository {repo} not found on {self.endpoint}. "
+                "Check the name; private repos need HF_TOKEN or --token."
             ) from None
         except hf.HfHubHTTPError as exc:
             raise _http_error(exc, repo, self.endpoint) from None
@@ -131,6 +141,9 @@ class Hub:
                 "to a mirror, or import a local file with `stacklet pull PATH`.",
                 retry_after=30,
             ) from None
+        except OSError as exc:  # disk full, or a size check failing after the retries
+            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StoreError(f"Download of {path or repo} failed: {first_line}. Pull again to resume.") from None
 
 
 def _http_error(exc: Any, repo: str, endpoint: str) -> Exception:

@@ -75,17 +75,13 @@ def local_commit(hashes: Iterable[str]) -> str:
     return hashlib.sha1("\n".join(sorted(hashes)).encode()).hexdigest()
 
 
-def blob_of(link: Path) -> Path:
-    return link.resolve()
-
-
 def remove_files(models_dir: Path, removed: Iterable[str], still_used: Iterable[str]) -> int:
     """Delete the snapshot links of a removed model and the blobs no remaining model points at.
 
     Returns the bytes freed. Paths are relative to `models_dir` (as in the registry).
     """
     keep_links = {models_dir / p for p in still_used}
-    keep_blobs = {blob_of(p) for p in keep_links if p.exists()}
+    keep_blobs = {p.resolve() for p in keep_links if p.exists()}
     freed = 0
     for rel in removed:
         if Path(rel).is_absolute():  # registered in place (fake models, tests): never ours to delete
@@ -93,7 +89,7 @@ def remove_files(models_dir: Path, removed: Iterable[str], still_used: Iterable[
         link = models_dir / rel
         if link in keep_links or not (link.is_symlink() or link.exists()):
             continue
-        blob = blob_of(link)
+        blob = link.resolve()
         link.unlink()
         if blob not in keep_blobs and blob.is_file() and _inside(blob, models_dir):
             stat = blob.stat()

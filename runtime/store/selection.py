@@ -41,10 +41,8 @@ class Selected:
     path: str  # repo-relative, POSIX separators
 
 
-def parse_source(text: str, *, is_local: bool) -> Source:
-    """`hf.co/owner/repo:QUANT`, `owner/repo[:QUANT]`, or a local path (the caller says whether it exists)."""
-    if is_local:
-        return Source("local", path=text)
+def parse_repo(text: str) -> Source:
+    """`hf.co/owner/repo:QUANT` or `owner/repo[:QUANT]` (also with https://huggingface.co/)."""
     repo = text.strip()
     for prefix in ("https://", "http://"):
         repo = repo.removeprefix(prefix)
@@ -179,7 +177,7 @@ def _select_patterns(paths: list[str], patterns: list[str]) -> list[Selected]:
     """--file GLOB (repeatable): the first match is the model; VAE/TAESD/mmproj/.json companions get their role."""
     matched: list[str] = []
     for pattern in patterns:
-        hits = sorted(p for p in paths if fnmatch.fnmatch(p, pattern) or fnmatch.fnmatch(PurePosixPath(p).name, pattern))
+        hits = sorted(p for p in paths if _matches(p, pattern))
         if not hits:
             raise FileNotInRepoError(f"No file matches '{pattern}'. Files: {_listing(paths)}.", param="file")
         matched += [p for p in hits if p not in matched]
@@ -194,7 +192,11 @@ def _select_patterns(paths: list[str], patterns: list[str]) -> list[Selected]:
     if "model" not in roles:  # a lone VAE or TAESD file is a model of its own
         roles[0] = "model"
     return [Selected("shard" if role == "model" and "model" in roles[:i] else role, path)
-            for i, (role, path) in enumerate(zip(roles, matched))]
+            for i, (role, path) in enumerate(zip(roles, matched, strict=True))]
+
+
+def _matches(path: str, pattern: str) -> bool:
+    return fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(PurePosixPath(path).name, pattern)
 
 
 def _companion_role(path: str) -> str:

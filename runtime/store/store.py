@@ -38,7 +38,6 @@ _PROGRESS_INTERVAL_S = 0.2
 @dataclass(frozen=True)
 class _Fetched:
     role: str
-    repo_path: str  # path inside the (pseudo) repo
     link: Path  # snapshot path in the store
     sha256: str
 
@@ -67,7 +66,7 @@ class Store:
             return self._import_local(local.resolve(), name, kind, files, emit)
         if source.startswith(_PATH_HINTS) or source.lower().endswith((".gguf", ".onnx", ".safetensors")):
             raise StoreError(f"No such file or directory: {source}")
-        parsed = selection.parse_source(source, is_local=False)
+        parsed = selection.parse_repo(source)
         return self._pull_hub(parsed, name, kind, revision, files, token, endpoint, emit)
 
     def remove(self, name: str) -> tuple[ModelRecord, int]:
@@ -93,13 +92,13 @@ class Store:
         emit.resolved(name, "hf", chosen, [f.size for f in remote],
                       repo=source.repo, revision=listing.revision, commit=listing.commit)
         fetched = []
-        for selected, file in zip(chosen, remote):
+        for selected, file in zip(chosen, remote, strict=True):
             emit.file_start(file.path, file.size)
             link = hub.download(listing, file, lambda n, p=file.path, s=file.size: emit.add_bytes(p, n, s))
             emit.file_done(file.path, file.size)
             sha256 = file.sha256 or layout.sha256_of(link)
             emit.verified(file.path, sha256)
-            fetched.append(_Fetched(selected.role, file.path, link, sha256))
+            fetched.append(_Fetched(selected.role, link, sha256))
         source_info = {"type": "hf", "repo": source.repo, "revision": listing.revision, "commit": listing.commit,
                        "quant": source.quant, "files": patterns, "endpoint": hub.endpoint}
         return self._register(name, kind, source_info, fetched, emit)
@@ -115,19 +114,17 @@ class Store:
         sizes = [(root / s.path).stat().st_size for s in chosen]
         emit.resolved(name, "local", chosen, sizes, path=str(path))
         hashed = []
-        for selected, size in zip(chosen, sizes):
+        for selected, size in zip(chosen, sizes, strict=True):
             emit.file_start(selected.path, size)
             sha256 = layout.sha256_of(root / selected.path)
             emit.add_bytes(selected.path, size, size)
             emit.file_done(selected.path, size)
             emit.verified(selected.path, sha256)
             hashed.append((selected, sha256))
-
         repo = layout.repo_dir(self.paths.models, layout.local_repo(root.name))
         commit = layout.local_commit(f"{s.path}:{h}" for s, h in hashed)
         fetched = [
-            _Fetched(s.role, s.path, layout.link_snapshot(repo, commit, s.path,
-                                                          layout.import_file(repo, root / s.path, h)), h)
+            _Fetched(s.role, layout.link_snapshot(repo, commit, s.path, layout.import_file(repo, root / s.path, h)), h)
             for s, h in hashed
         ]
         return self._register(name, kind, {"type": "local", "path": str(path), "commit": commit}, fetched, emit)
@@ -193,7 +190,7 @@ class _Emitter:
 
     def resolved(self, name: str, source: str, chosen: list[selection.Selected], sizes: list[int],
                  **where: Any) -> None:
-        files = [{"path": s.path, "role": s.role, "size": size} for s, size in zip(chosen, sizes)]
+        files = [{"path": s.path, "role": s.role, "size": size} for s, size in zip(chosen, sizes, strict=True)]
         self._send("resolved", model=name, source=source, **where, files=files, total_bytes=sum(sizes))
 
     def file_start(self, path: str, size: int) -> None:

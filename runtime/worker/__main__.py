@@ -72,9 +72,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from runtime.worker.app import create_worker_app
 
-    uvicorn.run(create_worker_app(engine), uds=args.socket, log_level="warning",
+    uvicorn.run(create_worker_app(engine, Path(args.socket)), uds=args.socket, log_level="warning",
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
-    Path(args.socket).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -35,11 +36,16 @@ class ActiveRequests:
             stats.track(-1)
 
 
-def create_worker_app(engine: Any) -> FastAPI:
+def create_worker_app(engine: Any, socket_path: Path | None = None) -> FastAPI:
+    """`socket_path` is removed at shutdown (uvicorn leaves it, and may end the process by re-raising
+    SIGTERM right after, so this is the last place that runs)."""
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         engine.close()
+        if socket_path is not None:
+            socket_path.unlink(missing_ok=True)
 
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)

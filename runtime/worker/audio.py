@@ -34,7 +34,7 @@ def create_router(engine: Any, max_upload_bytes: int | None = None) -> APIRouter
         from runtime.config import Settings
 
         max_upload_bytes = Settings.load().max_body_bytes
-    upload_limit = max_upload_bytes
+    upload_limit: int = max_upload_bytes
     router = APIRouter()
     capabilities = frozenset(engine.capabilities)
 

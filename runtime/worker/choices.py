@@ -60,6 +60,8 @@ class ChoiceOutput:
     def finish(self) -> list[dict[str, Any]]:
         deltas: list[dict[str, Any]] = []
         rest, self.pending = self.pending, ""
+        if self.state == "answer":
+            rest = rest.lstrip()
         if self.state == "reasoning":
             self._reason(rest, deltas)
         elif self.tool_text is None:
@@ -96,12 +98,17 @@ class ChoiceOutput:
             at = self.pending.find(THINK_CLOSE)
             if at >= 0:
                 self._reason(self.pending[:at], deltas)
-                self.state, self.pending = "content", self.pending[at + len(THINK_CLOSE):].lstrip()
+                self.state, self.pending = "answer", self.pending[at + len(THINK_CLOSE):]
                 return True
             keep = _held(self.pending, (THINK_CLOSE,))
             self._reason(self.pending[: len(self.pending) - keep], deltas)
             self.pending = self.pending[len(self.pending) - keep:]
             return False
+        if self.state == "answer":  # the blank lines between the think block and the answer are dropped
+            self.pending = self.pending.lstrip()
+            if not self.pending:
+                return False
+            self.state = "content"
         self._route_content(deltas)
         return False
 

@@ -1,8 +1,9 @@
-"""Liveness (no auth) and Prometheus metrics."""
+"""Liveness (no auth), Prometheus metrics and the OpenAPI document."""
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
@@ -28,12 +29,18 @@ def create_router() -> APIRouter:
         responses={401: ERROR_RESPONSES[401], 200: {"content": {PROMETHEUS_TYPE: {}}}},
         response_class=PlainTextResponse,
     )
+    router.add_api_route("/openapi.json", openapi_document, methods=["GET"], include_in_schema=False,
+                         dependencies=[Depends(require_api_key)])
     return router
 
 
 async def health(request: Request) -> dict[str, object]:
     loaded = len(request.app.state.scheduler.status())
     return {"status": "ok", "version": stacklet_version(), "models_loaded": loaded}
+
+
+async def openapi_document(request: Request) -> dict[str, Any]:
+    return request.app.openapi()
 
 
 async def metrics(request: Request) -> PlainTextResponse:

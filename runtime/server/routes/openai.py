@@ -7,6 +7,7 @@ parses the body again; validating here means bad requests never wake a model.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,13 +25,15 @@ from runtime.protocol.images import CreateImageEditRequest, CreateImageRequest
 from runtime.protocol.models import Model, ModelList
 from runtime.protocol.multipart import form_to_dict
 from runtime.scheduler.keepalive import parse_keep_alive
+from runtime.scheduler.scheduler import BASE_URL_HEADER
 from runtime.server.auth import require_api_key
 from runtime.server.errors import JSON_PARSE_MESSAGE, validation_error
 from runtime.server.openapi import ERROR_RESPONSES, request_body, success_response
 from runtime.store.registry import ModelRecord
 
+log = logging.getLogger("stacklet")
+
 PREFIXES = ("/v1-openai", "/v1")
-BASE_URL_HEADER = b"x-stacklet-base-url"
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 OUR_FIELDS = {"keep_alive"}  # stacklet extensions that strict mode still accepts
 META_KEYS = ("context_length", "embedding_length", "voices", "sizes", "languages", "sample_rate", "parallel")
@@ -82,11 +85,12 @@ def create_router() -> APIRouter:
 def _handler(endpoint: Endpoint, prefix: str) -> Any:
     async def handle(request: Request) -> Response:
         body = await request.body()
-        payload = await _parse(request, body, endpoint.schema)
+        payload = await _parse(request, body, endpoint)
         record = _resolve(request, payload.model, endpoint)
         keep_alive = (payload.model_extra or {}).get("keep_alive")
         keep_alive = None if keep_alive is None else parse_keep_alive(keep_alive)
-        _set_base_url(request, prefix)
+        # The worker builds absolute URLs (images) from the public base URL the client called.
+        _set_header(request, BASE_URL_HEADER.encode(), str(request.base_url).rstrip("/") + prefix)
         scheduler = request.app.state.scheduler
         return await scheduler.forward(record.name, "/v1" + endpoint.path, request, body, keep_alive=keep_alive)
 
@@ -94,18 +98,20 @@ def _handler(endpoint: Endpoint, prefix: str) -> Any:
     return handle
 
 
-async def _parse(request: Request, body: bytes, schema: type[OpenAIRequest]) -> OpenAIRequest:
+async def _parse(request: Request, body: bytes, endpoint: Endpoint) -> OpenAIRequest:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type in FORM_TYPES:
+    if endpoint.multipart and content_type in FORM_TYPES:
         async with request.form() as form:  # parses the buffered body; closes the spooled files after
-            return _validate(request, schema, form_to_dict(form))
+            return _validate(request, endpoint.schema, form_to_dict(form))
     try:
         data = json.loads(body)
     except ValueError:
         raise InvalidRequestError(JSON_PARSE_MESSAGE) from None
     if not isinstance(data, dict):
         raise InvalidRequestError(JSON_PARSE_MESSAGE)
-    return _validate(request, schema, data)
+    # A JSON body is JSON whatever the client labelled it (curl -d sends a form type); say so downstream.
+    _set_header(request, b"content-type", b"application/json")
+    return _validate(request, endpoint.schema, data)
 
 
 def _validate(request: Request, schema: type[OpenAIRequest], data: dict[str, Any]) -> OpenAIRequest:
@@ -120,6 +126,8 @@ def _validate(request: Request, schema: type[OpenAIRequest], data: dict[str, Any
     if unknown and request.app.state.settings.strict_params:
         noun = "argument" if len(unknown) == 1 else "arguments"
         raise InvalidRequestError(f"Unrecognized request {noun} supplied: {', '.join(unknown)}")
+    if unknown:
+        log.debug("ignoring unknown request arguments: %s", ", ".join(unknown))
     return payload
 
 
@@ -136,13 +144,12 @@ def _resolve(request: Request, name: str, endpoint: Endpoint) -> ModelRecord:
     return record
 
 
-def _set_base_url(request: Request, prefix: str) -> None:
-    """Tell the worker the public URL it is reached under (it builds image URLs from it)."""
-    base_url = str(request.base_url).rstrip("/") + prefix
+def _set_header(request: Request, name: bytes, value: str | bytes) -> None:
+    """Replace a request header for the scheduler, which forwards it to the worker."""
     _ = request.headers  # from here on the cached Headers and the scope share one list
     raw = request.scope["headers"]
-    raw[:] = [(key, value) for key, value in raw if key != BASE_URL_HEADER]
-    raw.append((BASE_URL_HEADER, base_url.encode()))
+    raw[:] = [(key, old) for key, old in raw if key != name]
+    raw.append((name, value.encode() if isinstance(value, str) else value))
 
 
 async def list_models(request: Request) -> ModelList:

@@ -1,0 +1,111 @@
+"""`stacklet chat MODEL [PROMPT]`: one answer, or an interactive chat with history (like `ollama run`)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Any
+
+import typer
+
+from cli import output
+from runtime.errors import ServerNotRunningError, StackletError
+
+EXIT_WORDS = ("/bye", "/exit", "/quit")
+HELP = "Type a message. /bye or Ctrl-D exits, Ctrl-C stops an answer."
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(chat)
+
+
+def chat(
+    model: str = typer.Argument(..., help="Chat model (its name in `stacklet list`)."),
+    prompt: str | None = typer.Argument(None, help="Ask once and exit (also read from stdin when piped)."),
+    system: str | None = typer.Option(None, "--system", help="System prompt."),
+    temperature: float | None = typer.Option(None, "--temperature", min=0, max=2, help="Sampling temperature."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for repeatable answers."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", min=1, help="Longest answer in tokens."),
+) -> None:
+    """Chat with a model through the background server (started if none is running)."""
+    client = _client()
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    options = {k: v for k, v in {"temperature": temperature, "seed": seed, "max_tokens": max_tokens}.items()
+               if v is not None}
+    if prompt is None and not sys.stdin.isatty():
+        prompt = sys.stdin.read()
+    if prompt is not None:
+        _answer(client, model, [*history, {"role": "user", "content": prompt}], options)
+        return
+    _repl(client, model, history, options)
+
+
+def _client() -> Any:
+    import openai
+
+    from cli.client import local_openai_target
+
+    try:
+        base_url, api_key = local_openai_target()
+    except ServerNotRunningError:
+        from cli.commands.server import start_background
+
+        output.error("No server is running; starting one in the background.")
+        with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the answer
+            start_background({})
+        base_url, api_key = local_openai_target()
+    return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600)
+
+
+def _repl(client: Any, model: str, history: list[dict[str, str]], options: dict[str, Any]) -> None:
+    output.console.print(HELP, style="dim", highlight=False)
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            print()
+            return
+        except KeyboardInterrupt:
+            print("\nUse Ctrl-D or /bye to exit.")
+            continue
+        if line.strip() in EXIT_WORDS:
+            return
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line})
+        try:
+            reply = _answer(client, model, history, options)
+        except KeyboardInterrupt:
+            print()
+            history.pop()
+            continue
+        except StackletError as exc:
+            output.error(exc.message)
+            history.pop()
+            continue
+        history.append({"role": "assistant", "content": reply})
+
+
+def _answer(client: Any, model: str, messages: list[dict[str, str]], options: dict[str, Any]) -> str:
+    """Stream one answer to stdout; returns its text."""
+    import openai
+
+    parts: list[str] = []
+    try:
+        stream = client.chat.completions.create(model=model, messages=messages, stream=True, **options)
+        for chunk in stream:
+            for choice in chunk.choices:
+                reasoning = (choice.delta.model_extra or {}).get("reasoning_content")
+                if reasoning:
+                    output.console.print(reasoning, style="dim", end="", highlight=False, markup=False)
+                if choice.delta.content:
+                    parts.append(choice.delta.content)
+                    sys.stdout.write(choice.delta.content)
+                    sys.stdout.flush()
+    except openai.APIStatusError as exc:
+        body = exc.body if isinstance(exc.body, dict) else {}
+        raise StackletError(str(body.get("message") or exc.message)) from None
+    except openai.APIConnectionError:
+        raise ServerNotRunningError("Lost the connection to the server. Check `stacklet status`.") from None
+    sys.stdout.write("\n")
+    return "".join(parts)

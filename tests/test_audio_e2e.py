@@ -1,0 +1,99 @@
+"""End to end: `python -m runtime` with the real Piper voice and Whisper tiny.en registered, each served
+by its own worker process, driven by the official openai client."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from runtime import media
+from runtime.config import Settings
+from runtime.store.keys import KeyStore
+from runtime.store.registry import ModelFile, ModelRecord, Registry
+
+FOX = Path(__file__).parent / "data" / "quick-brown-fox.wav"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def register(registry: Registry, name: str, kind: str, files: dict[str, Path]) -> None:
+    model_files = [ModelFile(role, str(path), path.stat().st_size) for role, path in files.items()]
+    registry.add(ModelRecord(name=name, kind=kind, source={"type": "local"}, files=model_files))
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory, piper_voice: Path, whisper_dir: Path) -> Iterator[openai.OpenAI]:
+    home = tmp_path_factory.mktemp("audio-e2e")
+    env = {**os.environ, "STACKLET_HOME": str(home)}
+    paths = Settings.load(environ=env).paths
+    registry = Registry(paths)
+    register(registry, "joe", "speech", {"model": piper_voice, "config": Path(f"{piper_voice}.json")})
+    register(registry, "tiny.en", "transcription", {"model": whisper_dir / "model.bin"})  # as `pull` records it
+    key, _ = KeyStore(paths).create("audio-e2e")
+    port = free_port()
+    with (home / "server.log").open("w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "runtime", "--port", str(port)], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}", process)
+            yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def wait_healthy(root: str, process: subprocess.Popen[bytes]) -> None:
+    for _ in range(300):
+        assert process.poll() is None, "server exited during start-up"
+        try:
+            if httpx.get(f"{root}/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise AssertionError("server did not become healthy")
+
+
+def test_speech_round_trips_through_transcription(client):
+    with client.audio.speech.with_streaming_response.create(
+        model="joe", voice="nova", input="Good morning. The coffee is ready.", response_format="flac"
+    ) as response:
+        assert response.headers["content-type"] == "audio/flac"
+        audio = response.read()
+    assert media.probe_audio(audio, "flac").sample_rate == 24000
+    text = client.audio.transcriptions.create(model="tiny.en", file=("speech.flac", audio)).text
+    assert "coffee" in text.lower() and "morning" in text.lower()
+    meta = httpx.get(str(client.base_url).replace("/v1/", "/v1-openai/") + "models/joe",
+                     headers={"Authorization": f"Bearer {client.api_key}"}).json()["meta"]
+    assert {"joe", "alloy", "cedar"} <= set(meta["voices"]) and meta["sample_rate"] == 22050
+
+
+def test_transcription_formats_through_the_server(client):
+    verbose = client.audio.transcriptions.create(model="tiny.en", file=FOX, response_format="verbose_json",
+                                                 timestamp_granularities=["word"])
+    assert verbose.language == "english" and verbose.words and "fox" in verbose.text.lower()
+    events = list(client.audio.transcriptions.create(model="tiny.en", file=FOX, stream=True))
+    assert events[-1].type == "transcript.text.done" and "fox" in events[-1].text.lower()
+    with pytest.raises(openai.BadRequestError, match="English-only"):
+        client.audio.translations.create(model="tiny.en", file=FOX)
+
+
+def test_speech_rejections_through_the_server(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.audio.speech.create(model="joe", voice="alloy", input="x" * 4097)
+    assert caught.value.body["param"] == "input"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.audio.speech.create(model="joe", voice="nobody", input="Hello.")
+    assert caught.value.body["param"] == "voice"

@@ -1,0 +1,54 @@
+"""End to end through the real background server: `stacklet pull` the real small models, `serve -d`,
+then `stacklet chat`, `stacklet test ...` and the openai client, then `stacklet stop`."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHAT, EMBED = "SmolLM2-135M-Instruct", "all-MiniLM-L6-v2"
+
+
+def stacklet(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cli", *args], env=env, input=stdin, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, smollm_gguf: Path, minilm_gguf: Path) -> Iterator[dict[str, str]]:
+    home = tmp_path_factory.mktemp("text-e2e")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "STACKLET_HOME": str(home), "STACKLET_PORT": str(port)}
+    for path in (smollm_gguf, minilm_gguf):
+        assert stacklet(env, "pull", str(path)).returncode == 0
+    started = stacklet(env, "serve", "-d", "--port", str(port))
+    assert started.returncode == 0, started.stderr
+    try:
+        yield env
+    finally:
+        stacklet(env, "stop")
+
+
+def test_chat_one_shot_and_from_stdin(env: dict[str, str]) -> None:
+    first = stacklet(env, "chat", CHAT, "What is 2+2?", "--temperature", "0", "--max-tokens", "12")
+    again = stacklet(env, "chat", CHAT, "--temperature", "0", "--max-tokens", "12", stdin="What is 2+2?")
+    assert first.returncode == 0 and first.stdout.strip()
+    assert again.stdout == first.stdout
+    missing = stacklet(env, "chat", "no-such-model", "hi")
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+
+def test_smoke_tests_through_the_server(env: dict[str, str]) -> None:
+    for command, model in (("chat", CHAT), ("completions", CHAT), ("embeddings", EMBED)):
+        result = stacklet(env, "test", command, model, "--json")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert json.loads(result.stdout)["ok"]

@@ -1,0 +1,105 @@
+"""LlamaEngine directly on the real small models: sampling, stops, logprobs, cancel, options."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from runtime.engines.base import SamplingParams, Usage
+from runtime.engines.llama import llama_kwargs
+from runtime.engines.options import EngineOptions
+from runtime.errors import InvalidRequestError
+
+
+def prompt(engine: Any, text: str = "Tell me a story.") -> list[int]:
+    return engine.tokenize(engine.render_chat([{"role": "user", "content": text}], None))
+
+
+def run(engine: Any, params: SamplingParams, n: int = 1,
+        tokens: list[int] | None = None) -> tuple[list[str], list[Any], Usage]:
+    usage = Usage()
+    deltas = list(engine.generate(tokens or prompt(engine), params, n, usage, threading.Event()))
+    texts = ["".join(d.text for d in deltas if d.index == i) for i in range(n)]
+    return texts, deltas, usage
+
+
+def test_template_tokens_and_bos(smollm_engine: Any) -> None:
+    text = smollm_engine.render_chat([{"role": "user", "content": "hi"}], None)
+    assert text.startswith("<|im_start|>system") and text.endswith("<|im_start|>assistant\n")
+    tokens = smollm_engine.tokenize(text)
+    assert tokens[0] == 1 and tokens.count(1) == 3  # <|im_start|> is a single special token, not doubled
+    assert smollm_engine.detokenize(smollm_engine.tokenize("hello world", add_special=False)) == "hello world"
+
+
+def test_seeded_choices_repeat_and_differ(smollm_engine: Any) -> None:
+    params = SamplingParams(max_tokens=12, temperature=1.0, seed=42)
+    first, _, _ = run(smollm_engine, params, n=2)
+    again, _, usage = run(smollm_engine, params, n=2)
+    assert first == again and first[0] != first[1]
+    assert usage.prompt_tokens > 0 and usage.completion_tokens == 24
+    assert usage.cached_tokens > 0  # the second run reused the prompt's KV cache
+
+
+def test_greedy_is_deterministic_and_logprobs_only_when_asked(smollm_engine: Any) -> None:
+    plain, deltas, _ = run(smollm_engine, SamplingParams(max_tokens=8, temperature=0))
+    assert all(not d.logprobs for d in deltas)
+    again, deltas, _ = run(smollm_engine, SamplingParams(max_tokens=8, temperature=0, logprobs=2))
+    assert again == plain
+    scored = [lp for d in deltas for lp in d.logprobs]
+    assert len(scored) == 8 and all(lp.logprob <= 0 and len(lp.top) == 2 for lp in scored)
+    assert "".join(lp.token for lp in scored) == plain[0]
+
+
+def test_stop_penalties_and_bias(smollm_engine: Any) -> None:
+    plain, _, _ = run(smollm_engine, SamplingParams(max_tokens=16, temperature=0))
+    stop = plain[0][4:7]
+    stopped, deltas, _ = run(smollm_engine, SamplingParams(max_tokens=16, temperature=0, stop=[stop]))
+    assert stopped[0] == plain[0][: plain[0].index(stop)] and deltas[-1].finish_reason == "stop"
+    first_token = smollm_engine.tokenize(plain[0], add_special=False)[0]
+    biased, _, _ = run(smollm_engine, SamplingParams(max_tokens=4, temperature=0, logit_bias={first_token: -100}))
+    assert not biased[0].startswith(smollm_engine.detokenize([first_token]))
+    penalised, _, _ = run(smollm_engine, SamplingParams(max_tokens=16, temperature=0, frequency_penalty=2.0))
+    assert penalised[0] != plain[0]
+
+
+def test_cancel_stops_generation(smollm_engine: Any) -> None:
+    cancel = threading.Event()
+    deltas = []
+    for delta in smollm_engine.generate(prompt(smollm_engine), SamplingParams(max_tokens=50), 1, Usage(), cancel):
+        deltas.append(delta)
+        cancel.set()
+    assert len(deltas) == 1
+
+
+def test_bad_token_ids_and_infill_are_client_errors(smollm_engine: Any, minilm_engine: Any) -> None:
+    with pytest.raises(InvalidRequestError, match="out of range"):
+        list(smollm_engine.generate([5, 10**7], SamplingParams(max_tokens=1), 1, Usage(), threading.Event()))
+    with pytest.raises(InvalidRequestError, match="out of range"):
+        minilm_engine.embed([[101, -3]], threading.Event())
+    with pytest.raises(InvalidRequestError) as caught:
+        smollm_engine.infill("def f(", "return 1")
+    assert caught.value.param == "suffix"
+    with pytest.raises(InvalidRequestError, match="embedding model"):
+        list(minilm_engine.generate([101], SamplingParams(max_tokens=1), 1, Usage(), threading.Event()))
+
+
+def test_engine_info_and_capabilities(smollm_engine: Any, minilm_engine: Any) -> None:
+    assert smollm_engine.capabilities == {"chat", "completions", "embeddings"}
+    assert minilm_engine.capabilities == {"embeddings"}
+    assert smollm_engine.info()["context_length"] == 8192 and smollm_engine.info()["chat_template"] == "model"
+    assert minilm_engine.info()["context_length"] == 512 and minilm_engine.info()["embedding_length"] == 384
+
+
+def test_options_map_to_llama_arguments() -> None:
+    options = EngineOptions.from_dict({"n_gpu_layers": "12", "main_gpu": 1, "tensor_split": "1,3",
+                                       "split_mode": "row", "flash_attn": "on", "threads": 2,
+                                       "cache_type_k": "q8_0", "cache_type_v": "f16", "no_mmap": True})
+    kwargs = llama_kwargs(options, 4096, embedding=False)
+    assert kwargs["n_gpu_layers"] == 12 and kwargs["main_gpu"] == 1 and kwargs["tensor_split"] == [1.0, 3.0]
+    assert kwargs["split_mode"] == 2 and kwargs["flash_attn"] is True and kwargs["n_threads"] == 2
+    assert kwargs["use_mmap"] is False and kwargs["n_ctx"] == 4096
+    assert kwargs["type_k"] == 8 and kwargs["type_v"] == 1  # GGML_TYPE_Q8_0, GGML_TYPE_F16
+    assert llama_kwargs(EngineOptions.from_dict({"n_gpu_layers": "all"}), 512, True)["n_gpu_layers"] == -1
+    assert llama_kwargs(EngineOptions(), 512, True)["n_ubatch"] == 512
