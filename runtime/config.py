@@ -87,12 +87,13 @@ class Settings:
         env = os.environ if environ is None else environ
         paths = Paths.resolve(env.get(ENV_PREFIX + "HOME"))
         values: dict[str, Any] = {}
-        values.update(_read_config_file(paths.config_file))
-        values.update(_read_env(env))
-        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        engine_values = values.pop("engine", {})
-        settings = cls(paths=paths, **_coerce(values))
-        return replace(settings, engine=EngineOptions.from_dict(engine_values))
+        engine = EngineOptions()
+        layers = (_read_config_file(paths.config_file), _read_env(env), overrides or {})
+        for layer in layers:
+            layer = {k: v for k, v in layer.items() if v is not None}
+            engine = engine.merge(EngineOptions.from_dict(layer.pop("engine", None)))
+            values.update(layer)
+        return replace(cls(paths=paths, **_coerce(values)), engine=engine)
 
 
 _FIELD_TYPES = {f.name: f.type for f in fields(Settings) if f.name not in ("engine", "paths")}
