@@ -37,13 +37,14 @@ def _root(
 
 
 def _register() -> None:
-    from cli.commands import chat, keys, models, server, test
+    from cli.commands import chat, demo, keys, models, server, test
 
     models.register(app)
     keys.register(app)
     server.register(app)
     test.register(app)
     chat.register(app)
+    demo.register(app)
 
 
 _register()

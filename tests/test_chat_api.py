@@ -244,3 +244,12 @@ def test_bad_requests_are_400_envelopes(base_url: str, body: dict[str, Any], par
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
     assert error["param"] == param
+
+
+def test_client_disconnect_frees_the_engine(base_url: str, client: openai.OpenAI) -> None:
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 400, "stream": True, "temperature": 1.0}
+    with httpx.stream("POST", base_url + "/chat/completions", json=body, timeout=60) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+    after = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=3, temperature=0)
+    assert after.choices[0].finish_reason == "length"

@@ -91,3 +91,9 @@ def test_bad_requests(base_url: str, body: dict[str, Any], param: str) -> None:
     response = httpx.post(base_url + "/completions", json={"model": MODEL, **body}, timeout=60)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == param
+
+
+def test_stream_errors_before_the_first_token_are_plain_400s(base_url: str) -> None:
+    body = {"model": MODEL, "prompt": [5, 10**7], "max_tokens": 2, "stream": True}
+    response = httpx.post(base_url + "/completions", json=body, timeout=60)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "prompt"

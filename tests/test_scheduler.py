@@ -13,7 +13,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
@@ -73,7 +73,7 @@ class Harness:
 
     def _app(self) -> FastAPI:
         @asynccontextmanager
-        async def lifespan(_: FastAPI):  # noqa: ANN202
+        async def lifespan(_: FastAPI) -> AsyncIterator[None]:
             self.loop = asyncio.get_running_loop()
             await self.scheduler.start()
             yield
@@ -107,8 +107,8 @@ class Harness:
     def workers(self) -> dict[str, dict[str, Any]]:
         return {worker["model"]: worker for worker in self.scheduler.status()}
 
-    def client(self, **kwargs: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url, api_key="unused", max_retries=0, timeout=WAIT_S, **kwargs)
+    def client(self, timeout: float = WAIT_S) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url, api_key="unused", max_retries=0, timeout=timeout)
 
     def chat(self, model: str, **kwargs: Any) -> Any:
         return self.client().chat.completions.create(
@@ -258,6 +258,18 @@ def test_queue_overflow_is_503_with_retry_after(start: Callable[..., Harness]) -
             assert rejected.json()["error"]["code"] == "queue_full"
             running.close()
             assert queued.result().status_code == 200
+
+
+def test_client_leaving_the_queue_frees_its_place(start: Callable[..., Harness]) -> None:
+    harness = start({"m": {"fake_delay": 0.05}}, options={"m": {"parallel": 1}})
+    running = harness.chat("m", stream=True, max_tokens=400)
+    next(iter(running))
+    impatient = harness.client(timeout=0.5)
+    with pytest.raises(openai.APITimeoutError):
+        impatient.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+    wait_until(lambda: harness.workers()["m"]["queue_depth"] == 0, "the queue to empty")
+    assert harness.workers()["m"]["active"] == 1
+    running.close()
 
 
 def test_client_disconnect_frees_the_slot(start: Callable[..., Harness]) -> None:

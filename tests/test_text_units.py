@@ -121,3 +121,15 @@ def test_chat_template_fallback_and_errors() -> None:
     sandboxed = ChatTemplate("{{ messages.__class__.__mro__ }}", "", "")
     with pytest.raises(InvalidRequestError):
         sandboxed.render([], None)
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call() -> None:
+    text = '<tool_call>{"name": "get_time", "arguments": {}}</tool_call><tool_call>{"name": "get_weather", ' \
+           '"arguments": {"city": "B"}}</tool_call>'
+    single = ChoiceOutput("auto", TOOLS, parallel=False)
+    feed_all(single, [text])
+    assert [c["function"]["name"] for c in single.calls] == ["get_time"]
+    both = ChoiceOutput("auto", TOOLS)
+    feed_all(both, [text])
+    assert [c["function"]["name"] for c in both.calls] == ["get_time", "get_weather"]
+    assert len({c["id"] for c in both.calls}) == 2

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from cli import output
-from runtime.errors import ServerNotRunningError, StackletError
+from runtime.errors import InvalidRequestError, ServerNotRunningError, StackletError
 
 EXIT_WORDS = ("/bye", "/exit", "/quit")
 HELP = "Type a message. /bye or Ctrl-D exits, Ctrl-C stops an answer."
@@ -28,12 +28,15 @@ def chat(
     max_tokens: int | None = typer.Option(None, "--max-tokens", min=1, help="Longest answer in tokens."),
 ) -> None:
     """Chat with a model through the background server (started if none is running)."""
-    client = _client()
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     options = {k: v for k, v in {"temperature": temperature, "seed": seed, "max_tokens": max_tokens}.items()
                if v is not None}
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read()
+    if prompt is not None and not prompt.strip():
+        raise InvalidRequestError("The prompt is empty. Pass one, or run `stacklet chat MODEL` in a terminal "
+                                  "to chat interactively.")
+    client = _client()
     if prompt is not None:
         _answer(client, model, [*history, {"role": "user", "content": prompt}], options)
         return
@@ -50,7 +53,7 @@ def _client() -> Any:
     except ServerNotRunningError:
         from cli.commands.server import start_background
 
-        output.error("No server is running; starting one in the background.")
+        output.err_console.print("No server is running; starting one in the background.", style="dim")
         with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the answer
             start_background({})
         base_url, api_key = local_openai_target()

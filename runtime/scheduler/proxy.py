@@ -80,6 +80,8 @@ class ProxyResponse(Response):
             log.warning("worker request %s failed: %s", self.path, exc)
             lease.release(ok=False)
             await self._fail(scope, send, started, streaming_events)
+        except OSError:  # the server could not write to the client: it went away
+            log.info("client disconnected from %s; request cancelled", self.path)
         finally:
             lease.release(ok=False)
 
@@ -94,15 +96,14 @@ class ProxyResponse(Response):
         return b""
 
     async def _fail(self, scope: Scope, send: Send, started: bool, streaming_events: bool) -> None:
-        """The worker went away: a clean error, in-band when the stream already started."""
+        """The worker went away: a clean error, in-band on an event stream. Any other started body is
+        left unfinished, so the client sees a broken transfer rather than a complete-looking one."""
         error = WorkerError("The model's worker stopped unexpectedly. Retry the request; it will be restarted.")
         if not started:
             await error_response(error)(scope, _no_receive, send)
-            return
-        tail = error_event(error) if streaming_events else b""
-        if streaming_events and self.path.endswith("completions"):
-            tail += DONE
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        elif streaming_events:
+            tail = error_event(error) + (DONE if self.path.endswith("completions") else b"")
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
 class _Once:

@@ -38,7 +38,8 @@ class ChatJob:
     created: int = field(default_factory=lambda: int(time.time()))
 
     def outputs(self) -> list[ChoiceOutput]:
-        return [ChoiceOutput(self.tool_choice, self.tool_names, self.thinking) for _ in range(self.n)]
+        parallel = self.request.parallel_tool_calls is not False
+        return [ChoiceOutput(self.tool_choice, self.tool_names, self.thinking, parallel) for _ in range(self.n)]
 
 
 def prepare(engine: TextEngine, req: CreateChatCompletionRequest, fingerprint: str) -> ChatJob:

@@ -25,9 +25,10 @@ def _held(text: str, markers: tuple[str, ...]) -> int:
 
 
 class ChoiceOutput:
-    def __init__(self, tool_choice: str, tool_names: set[str], thinking: bool = False) -> None:
+    def __init__(self, tool_choice: str, tool_names: set[str], thinking: bool = False, parallel: bool = True) -> None:
         self.tool_choice = tool_choice  # "none", "auto", "required" or the function to call
         self.tool_names = tool_names
+        self.parallel = parallel
         self.named = tool_choice not in FIXED_CHOICES
         self.forced = self.named or tool_choice == "required"
         self.state = "content" if self.forced else ("reasoning" if thinking else "start")
@@ -144,7 +145,7 @@ class ChoiceOutput:
         else:
             content, calls = parse_tool_calls(text, self.tool_names)
         self._say(content, deltas)
-        for call in calls:
+        for call in calls if self.parallel else calls[:1]:
             self._add_call(call, deltas)
 
     def _add_call(self, call: ParsedCall, deltas: list[dict[str, Any]]) -> None:

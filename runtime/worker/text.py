@@ -18,7 +18,7 @@ from runtime.protocol.completions import CreateCompletionRequest
 from runtime.protocol.embeddings import CreateEmbeddingRequest
 from runtime.server.sse import sse_response
 from runtime.worker import chat, completions, stats
-from runtime.worker.threads import run_cancellable
+from runtime.worker.threads import primed, run_cancellable
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
@@ -42,7 +42,8 @@ def create_router(engine: TextEngine) -> APIRouter:
         job = await run_in_threadpool(chat.prepare, engine, body, fingerprint)
         usage, cancel = Usage(), threading.Event()
         if body.stream:
-            return sse_response(counted(CHAT_PATH, usage, chat.stream(engine, job, usage, cancel)))
+            events = await primed(chat.stream(engine, job, usage, cancel))
+            return sse_response(counted(CHAT_PATH, usage, events))
         result = await run_cancellable(request, lambda: chat.collect(engine, job, usage, cancel), cancel)
         stats.record(CHAT_PATH, usage.prompt_tokens, usage.completion_tokens)
         return JSONResponse(result)
@@ -54,7 +55,8 @@ def create_router(engine: TextEngine) -> APIRouter:
         job = await run_in_threadpool(completions.prepare, engine, body, fingerprint)
         cancel = threading.Event()
         if body.stream:
-            return sse_response(counted_job(job, completions.stream(engine, job, cancel)))
+            events = await primed(completions.stream(engine, job, cancel))
+            return sse_response(counted_job(job, events))
         result = await run_cancellable(request, lambda: completions.collect(engine, job, cancel), cancel)
         usage = result["usage"]
         stats.record(COMPLETIONS_PATH, usage["prompt_tokens"], usage["completion_tokens"])

@@ -42,6 +42,24 @@ async def stream_in_thread(produce: Callable[[], Iterator[T]], cancel: threading
         cancel.set()
 
 
+async def primed(events: AsyncIterator[T]) -> AsyncIterator[T]:
+    """Wait for the first event before answering, so errors the engine raises up front (bad token ids,
+    an embedding-only model) become plain HTTP errors instead of an error event on a 200 stream."""
+    try:
+        first = await events.__anext__()
+    except StopAsyncIteration:
+        first = _END
+
+    async def chained() -> AsyncIterator[T]:
+        if first is _END:
+            return
+        yield first
+        async for event in events:
+            yield event
+
+    return chained()
+
+
 async def run_cancellable(request: Request, call: Callable[[], T], cancel: threading.Event) -> T:
     """`call()` in a thread; `cancel` is set if the client disconnects before it returns."""
     task = asyncio.ensure_future(run_in_threadpool(call))
