@@ -3,7 +3,6 @@ SD 1.5 checkpoint, and the image URL served back by the server behind its auth."
 
 from __future__ import annotations
 
-import base64
 import io
 import os
 import socket
@@ -79,5 +78,3 @@ def test_server_rejects_a_bad_size_before_generating(server: tuple[str, str]) ->
     with pytest.raises(openai.BadRequestError) as error:
         client.images.edit(model=MODEL, prompt="x", image=("a.txt", b"not an image", "text/plain"))
     assert error.value.param == "image"
-    result = client.images.generate(model=MODEL, prompt="x", n=1, extra_body={"seed": 1})
-    assert Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json))).size == (256, 256)

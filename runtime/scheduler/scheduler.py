@@ -301,7 +301,10 @@ class Scheduler:
                 expired = slot.expires_at is not None and now >= slot.expires_at
                 if slot.state == "ready" and slot.idle and expired:
                     log.info("keep_alive of %s expired", slot.name)
-                    await self._stop(slot)
+                    try:
+                        await self._stop(slot)
+                    except Exception:  # keep housekeeping alive for the other models
+                        log.exception("unloading %s failed", slot.name)
             if tick % STATUS_EVERY_TICKS == 0:
                 workers = [s.worker for s in self._slots.values() if s.worker and s.state == "ready"]
                 await asyncio.gather(*(w.poll_status() for w in workers))

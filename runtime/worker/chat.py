@@ -151,8 +151,11 @@ def collect(engine: TextEngine, job: ChatJob, usage: Usage, cancel: threading.Ev
     choices = [wire.choice(i, out.message(), finish.get(i, "stop"), logprobs[i] if wanted else None)
                for i, out in enumerate(outputs)]
     req = job.request
-    return wire.completion(job.completion_id, job.created, req.model, job.fingerprint, choices,
-                           usage_dict(engine, usage, outputs))
+    result = wire.completion(job.completion_id, job.created, req.model, job.fingerprint, choices,
+                             usage_dict(engine, usage, outputs))
+    if req.service_tier:
+        result["service_tier"] = "default"  # OpenAI echoes the tier it used when one was asked for
+    return result
 
 
 # Streaming
