@@ -1,8 +1,12 @@
 """The continuous-batching engine under concurrency, on the real SmolLM2 and MiniLM models.
 
 Correctness only, never timings. At temperature 0 a request decoded in a batch with others gives
-the same text as the same request alone: llama.cpp computes each row of a batch independently
-on the CPU backend, so there is nothing to explain away here.
+the same text as the same request alone, as long as both start from a cold cache. Where they do
+not, it is because prefix reuse changed which tokens were evaluated in which kind of batch (a
+fully cached prompt re-evaluates only its last token, on its own): llama.cpp's CPU kernels for a
+lone token and for a prompt chunk differ in the last bits, so greedy decoding can flip at a
+near-tie some twenty tokens in. The crossed-streams test therefore uses prompts that share no
+prefix and an engine whose cache is cold.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from runtime.engines.options import EngineOptions
 from runtime.errors import ContextLengthExceededError, InvalidRequestError
 
 CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
-QUESTIONS = ["What is the capital of France?", "Name three colors.", "Who wrote Hamlet?",
-             "What is 2+2?", "Say hello to Bob."]
+OPENINGS = ["The capital of France is", "Three colors are", "Hamlet was written by",
+            "Two plus two equals", "Bob, say hello to"]
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +70,16 @@ def finish(deltas: list[TextDelta]) -> str | None:
     return reasons[0]
 
 
-def test_concurrent_requests_each_get_their_own_answer(engine: BatchEngine) -> None:
-    alone = {q: text(collect(engine, prompt(engine, q), greedy())[0]) for q in QUESTIONS}
-    with ThreadPoolExecutor(len(QUESTIONS)) as pool:
-        together = dict(zip(QUESTIONS, pool.map(
-            lambda q: text(collect(engine, prompt(engine, q), greedy())[0]), QUESTIONS), strict=True))
+def test_concurrent_requests_each_get_their_own_answer(engine: BatchEngine, smollm_gguf: Path) -> None:
+    alone = [text(collect(engine, engine.tokenize(o), greedy())[0]) for o in OPENINGS]
+    cold = BatchEngine(smollm_gguf, EngineOptions(ctx_size=4096, parallel=4), embedding=False)
+    try:
+        with ThreadPoolExecutor(len(OPENINGS)) as pool:
+            together = list(pool.map(lambda o: text(collect(cold, cold.tokenize(o), greedy())[0]), OPENINGS))
+    finally:
+        cold.close()
     assert together == alone
-    assert "Paris" in alone["What is the capital of France?"]
+    assert "Paris" in alone[0]
 
 
 def test_n_choices_share_the_prompt_and_sample_independently(engine: BatchEngine) -> None:

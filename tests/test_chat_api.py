@@ -237,6 +237,8 @@ def test_context_length_exceeded_wording(client: openai.OpenAI, smollm_engine: A
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]},
      "messages[0].content"),
     ({}, "messages"),
+    ({"messages": HELLO, "logit_bias": {"99999999": 5}}, "logit_bias"),
+    ({"messages": HELLO, "logit_bias": {"hello": 5}}, "logit_bias"),
 ])
 def test_bad_requests_are_400_envelopes(base_url: str, body: dict[str, Any], param: str) -> None:
     response = httpx.post(base_url + "/chat/completions", json={"model": MODEL, **body}, timeout=60)
@@ -253,3 +255,20 @@ def test_client_disconnect_frees_the_engine(base_url: str, client: openai.OpenAI
         assert next(lines).startswith("data: ")
     after = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=3, temperature=0)
     assert after.choices[0].finish_reason == "length"
+
+
+def test_sdk_parse_with_a_nested_pydantic_model(client: openai.OpenAI) -> None:
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        name: str
+        country: str
+
+    class Trip(BaseModel):
+        cities: list[City]
+        days: int
+
+    result = client.chat.completions.parse(model=MODEL, messages=[{"role": "user", "content": "Plan a trip."}],
+                                           response_format=Trip, max_tokens=120, temperature=0)
+    trip = result.choices[0].message.parsed
+    assert isinstance(trip, Trip) and all(isinstance(c, City) for c in trip.cities)

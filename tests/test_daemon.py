@@ -52,7 +52,7 @@ def wait_gone(pid: int) -> None:
 def register_fake(*names: str) -> None:
     registry = Registry(Settings.load().paths.ensure())
     for name in names:
-        registry.add(ModelRecord(name, "llm", {"type": "fake"}, [], {}, engine="fake"))
+        registry.add(ModelRecord(name, "llm", {"type": "fake"}, [], {"fake_delay": 0.02}, engine="fake"))
     registry.close()
 
 
@@ -93,6 +93,18 @@ def test_serve_detached_status_ps_logs_stop(server: Any) -> None:
     assert [w["model"] for w in bravo] == ["bravo"]
     wait_gone(alpha[0]["pid"])
     assert "bravo" in stacklet("ps").stdout
+
+    stream = client.chat.completions.create(model="bravo", messages=[{"role": "user", "content": "hi"}],
+                                            max_tokens=1000, stream=True)
+    chunks = iter(stream)
+    next(chunks)
+    killed = bravo[0]["pid"]
+    os.kill(killed, signal.SIGKILL)  # the worker dies mid-stream: an error event, not a hang
+    with pytest.raises(openai.APIError, match="worker stopped unexpectedly"):
+        list(chunks)
+    chat(client, "bravo")  # restarted on the next request
+    bravo = json.loads(stacklet("ps", "--json").stdout)
+    assert bravo[0]["pid"] != killed
 
     listed = json.loads(stacklet("test", "models", "--json").stdout)
     assert listed["ok"] and listed["checks"][0]["extra"]["models"] == ["alpha", "bravo"]

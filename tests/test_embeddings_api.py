@@ -73,7 +73,7 @@ def test_many_inputs_keep_their_order(client: openai.OpenAI) -> None:
 @pytest.mark.parametrize("body, status, param", [
     ({"input": ["ok", ""]}, 400, "input"),
     ({"input": "word " * 600}, 400, "input"),
-    ({"input": [[1, 2], [99999999]]}, 400, "prompt"),
+    ({"input": [[1, 2], [99999999]]}, 400, "input"),
     ({"input": "x", "dimensions": 1000}, 400, "dimensions"),
     ({"input": "x", "encoding_format": "hex"}, 400, "encoding_format"),
 ])

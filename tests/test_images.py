@@ -25,7 +25,8 @@ from PIL import Image, ImageDraw
 
 from runtime.config import Settings
 from runtime.engines.base import ImageParams, ModelSpec
-from runtime.engines.diffusion import DiffusionEngine, detect_family
+from runtime.errors import EngineError
+from runtime.engines.diffusion import DiffusionEngine
 from runtime.server.errors import install_error_handlers
 from runtime.server.routes import files
 from runtime.worker import images
@@ -107,15 +108,19 @@ def mask(size: int = SIZE, mode: str = "RGBA") -> bytes:
 # The engine on its own (no generation)
 
 
-def test_family_and_defaults(served: dict[str, Any], sd15_checkpoint: Path) -> None:
+def test_family_from_tensor_names_and_defaults_from_metadata(served: dict[str, Any]) -> None:
     engine = served["engine"]
-    assert detect_family(sd15_checkpoint) == "sd1"
     info = engine.info()
-    assert info["family"] == "sd1"
+    assert info["family"] == "sd1"  # the spec's metadata has no family: read from the checkpoint
     assert info["default_size"] == f"{SIZE}x{SIZE}"
     resolved = engine.resolve(ImageParams(prompt="x"))
     assert (resolved.width, resolved.height, resolved.steps) == (SIZE, SIZE, 1)
     assert resolved.seed is not None
+
+
+def test_a_decoder_is_refused_as_a_model(taesd: Path) -> None:
+    with pytest.raises(EngineError, match="TAESD decoder, not a diffusion checkpoint"):
+        DiffusionEngine(ModelSpec("decoder", "image", "diffusion", {"model": taesd}))
 
 
 def test_quality_scales_steps_and_request_overrides(served: dict[str, Any]) -> None:

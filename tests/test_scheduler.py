@@ -327,3 +327,20 @@ def test_worker_crash_before_the_answer_is_a_500(start: Callable[..., Harness]) 
         harness.chat("m", max_tokens=5)
     assert caught.value.code == "worker_error"
     assert harness.chat("m", max_tokens=1).choices[0].finish_reason == "length"
+
+
+def test_shutdown_cancels_a_load_waiting_for_room(start: Callable[..., Harness]) -> None:
+    harness = start({"a": {"fake_delay": 0.05}, "b": {}}, max_loaded_models=1)
+    busy = harness.chat("a", stream=True, max_tokens=400)
+    next(iter(busy))
+    a_pid = harness.workers()["a"]["pid"]
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(harness.chat, "b", max_tokens=1)
+        wait_until(lambda: harness.scheduler._slots.get("b") and harness.scheduler._slots["b"].loading,
+                   "b to wait for room")
+        harness.call(harness.scheduler.shutdown())
+        with pytest.raises(openai.APIError):
+            waiting.result()
+    assert harness.scheduler.metrics()["loads"] == {"a": 1, "b": 0}
+    assert harness.workers() == {}
+    wait_until(lambda: not pid_alive(a_pid), "a's worker to exit")

@@ -103,3 +103,11 @@ def test_options_map_to_llama_arguments() -> None:
     assert kwargs["type_k"] == 8 and kwargs["type_v"] == 1  # GGML_TYPE_Q8_0, GGML_TYPE_F16
     assert llama_kwargs(EngineOptions.from_dict({"n_gpu_layers": "all"}), 512, True)["n_gpu_layers"] == -1
     assert llama_kwargs(EngineOptions(), 512, True)["n_ubatch"] == 512
+
+
+def test_a_grammar_llama_cpp_rejects_is_a_client_error(smollm_engine: Any) -> None:
+    params = SamplingParams(max_tokens=2, grammar='root ::= "a" missing')
+    with pytest.raises(InvalidRequestError) as caught:
+        run(smollm_engine, params)
+    assert caught.value.param == "response_format"
+    assert run(smollm_engine, SamplingParams(max_tokens=4, grammar='root ::= "yes" | "no"'))[0][0] in ("yes", "no")

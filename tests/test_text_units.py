@@ -133,3 +133,47 @@ def test_parallel_tool_calls_false_keeps_the_first_call() -> None:
     feed_all(both, [text])
     assert [c["function"]["name"] for c in both.calls] == ["get_time", "get_weather"]
     assert len({c["id"] for c in both.calls}) == 2
+
+
+class ScriptedEngine:
+    """Plumbing only: a TextEngine whose answer is a fixed list of text pieces."""
+
+    capabilities = frozenset({"chat"})
+    context_length = 4096
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = pieces
+
+    def info(self) -> dict:
+        return {"engine": "scripted"}
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        return [ord(c) for c in text]
+
+    def render_chat(self, messages: list[dict], tools: list[dict] | None) -> str:
+        return "".join(m["content"] for m in messages)
+
+    def generate(self, prompt, params, n, usage, cancel):
+        from runtime.engines.base import TextDelta
+
+        usage.prompt_tokens = len(prompt)
+        for piece in self.pieces:
+            usage.completion_tokens += 1
+            yield TextDelta(0, piece)
+        yield TextDelta(0, "", finish_reason="stop")
+
+
+def test_reasoning_content_through_the_router(live_server, text_app) -> None:
+    import openai
+
+    engine = ScriptedEngine(["<th", "ink>", "Two and two.", "</thi", "nk>\n\n", "It is ", "4."])
+    client = openai.OpenAI(base_url=live_server(text_app(engine)) + "/v1", api_key="none", max_retries=0)
+    messages = [{"role": "user", "content": "2+2?"}]
+    message = client.chat.completions.create(model="m", messages=messages).choices[0].message
+    assert message.content == "It is 4." and message.model_extra["reasoning_content"] == "Two and two."
+    chunks = list(client.chat.completions.create(model="m", messages=messages, stream=True,
+                                                 stream_options={"include_usage": True}))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert "".join(d.model_extra.get("reasoning_content") or "" for d in deltas) == "Two and two."
+    assert "".join(d.content or "" for d in deltas) == "It is 4."
+    assert chunks[-1].usage.completion_tokens_details.reasoning_tokens == len("Two and two.")

@@ -7,18 +7,15 @@ one generation runs at a time, and cancellation takes effect between images.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import struct
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from runtime.engines.base import ImageParams, ModelSpec
-from runtime.errors import EngineError, InvalidRequestError
+from runtime.errors import EngineError, InvalidRequestError, StackletError
 
 log = logging.getLogger("stacklet.diffusion")
 
@@ -72,31 +69,17 @@ FAMILIES = {
 }
 
 
-def detect_family(path: Path) -> str:
-    """Guess the family from tensor names, the way stable-diffusion.cpp itself tells versions apart."""
-    names = _tensor_names(path)
-    markers = (("double_blocks.", "flux"), ("joint_blocks.", "sd3"), ("conditioner.embedders.1", "sdxl"),
-               ("label_emb.", "sdxl"), ("cond_stage_model.model.transformer", "sd2"),
-               ("cond_stage_model.transformer", "sd1"), ("model.diffusion_model.input_blocks", "sd1"))
-    for marker, family in markers:
-        if any(marker in name for name in names):
-            return family
-    return "unknown"
+def model_family(spec: ModelSpec) -> str:
+    """The family stored at pull time, else read from the checkpoint's tensor names now."""
+    family = spec.metadata.get("family")
+    if not family:
+        from runtime.store.metadata import describe
 
-
-def _tensor_names(path: Path) -> list[str]:
-    try:
-        if path.suffix == ".safetensors":
-            with path.open("rb") as f:
-                size = struct.unpack("<Q", f.read(8))[0]
-                return list(json.loads(f.read(size)))
-        if path.suffix == ".gguf":
-            import gguf
-
-            return [tensor.name for tensor in gguf.GGUFReader(str(path)).tensors]
-    except (OSError, ValueError, struct.error) as exc:
-        log.warning("cannot read tensor names of %s: %s", path, exc)
-    return []
+        try:
+            family = describe({"model": [spec.files["model"]]})[1].get("family")
+        except StackletError as exc:
+            log.warning("cannot tell the family of %s: %s", spec.files["model"].name, exc.message)
+    return family or "unknown"
 
 
 class DiffusionEngine:
@@ -110,9 +93,12 @@ class DiffusionEngine:
         self.spec = spec
         self._samplers = sorted(k for k, v in SAMPLE_METHOD_MAP.items() if v is not None and "count" not in k)
         self._schedulers = sorted(k for k, v in SCHEDULER_MAP.items() if v is not None and "count" not in k)
-        meta = spec.metadata
-        self.family = FAMILIES.get(meta.get("family") or detect_family(spec.files["model"]), FAMILIES["unknown"])
-        self.defaults = self._defaults(meta)
+        family = model_family(spec)
+        if family in ("taesd", "vae"):  # stable-diffusion.cpp crashes on these instead of failing
+            raise EngineError(f"{spec.files['model'].name} is a {family.upper()} decoder, not a diffusion "
+                              "checkpoint. Pull the checkpoint and add the decoder with --file.")
+        self.family = FAMILIES.get(family, FAMILIES["unknown"])
+        self.defaults = self._defaults(spec.metadata)
         options = spec.options
         self._vae_tiling = bool(options.vae_tiling)
         self._threads = options.threads or sd_cpp.sd_get_num_physical_cores()

@@ -155,11 +155,11 @@ class LlamaEngine:
             return ""
         return self._llm.detokenize([token], special=special).decode("utf-8", errors="replace")
 
-    def _check_ids(self, tokens: list[int]) -> None:
+    def _check_ids(self, tokens: list[int], param: str = "prompt") -> None:
         bad = [t for t in tokens if not 0 <= t < self.n_vocab]
         if bad:
             raise InvalidRequestError(f"Token id {bad[0]} is out of range: this model's vocabulary has "
-                                      f"{self.n_vocab} tokens.", param="prompt")
+                                      f"{self.n_vocab} tokens.", param=param)
 
     # Generation
 
@@ -225,17 +225,20 @@ class LlamaEngine:
 
     def _sampler(self, params: SamplingParams, seed: int | None) -> Any:
         from llama_cpp import _internals
-        from llama_cpp.llama_grammar import LlamaGrammar
 
         sampler = _internals.LlamaSampler()
         if params.logit_bias:
-            self._check_ids(list(params.logit_bias))
+            self._check_ids(list(params.logit_bias), param="logit_bias")
             sampler.add_logit_bias(self.n_vocab, params.logit_bias)
         if params.presence_penalty or params.frequency_penalty:
             sampler.add_penalties(self.n_vocab, self.context_length, 1.0, params.frequency_penalty,
                                   params.presence_penalty)
         if params.grammar:
-            sampler.add_grammar(self._llm._model, LlamaGrammar.from_string(params.grammar, verbose=False))
+            grammar = self._lib.llama_sampler_init_grammar(self._vocab, params.grammar.encode(), b"root")
+            if not grammar:  # llama.cpp could not parse it; adding NULL to the chain would crash
+                raise InvalidRequestError("The output schema could not be turned into a grammar. Simplify the "
+                                          "schema.", param="response_format")
+            self._lib.llama_sampler_chain_add(sampler.sampler, grammar)
         if params.temperature == 0:
             sampler.add_greedy()
             return sampler
@@ -266,7 +269,7 @@ class LlamaEngine:
 
     def embed(self, inputs: list[list[int]], cancel: threading.Event) -> list[list[float]]:
         for tokens in inputs:
-            self._check_ids(tokens)
+            self._check_ids(tokens, param="input")
         with self._lock:
             if self.is_embedding_model:
                 vectors = self._embed_pooled(inputs, cancel)

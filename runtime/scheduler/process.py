@@ -36,7 +36,8 @@ def socket_dir(state: Path) -> Path:
     else:
         digest = hashlib.sha256(str(state).encode()).hexdigest()[:12]
         directory = Path(tempfile.gettempdir()) / f"stacklet-{digest}"
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)  # uvicorn makes each socket world-writable; the directory keeps them private
     return directory
 
 

@@ -121,6 +121,10 @@ class Scheduler:
             self._housekeeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeper
+        loads = [slot.loading for slot in self._slots.values() if slot.loading is not None]
+        for loading in loads:
+            loading.cancel()  # a load still waiting for room must not start a worker after this
+        await asyncio.gather(*loads, return_exceptions=True)
         await asyncio.gather(*(self._stop(slot) for slot in self._slots.values()), return_exceptions=True)
 
     # Requests

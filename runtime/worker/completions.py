@@ -29,8 +29,12 @@ class CompletionJob:
     completion_id: str = field(default_factory=lambda: "cmpl-" + uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
 
+    def token_counts(self) -> tuple[int, int]:
+        """(prompt, completion) tokens so far, over every prompt."""
+        return sum(u.prompt_tokens for u in self.usages), sum(u.completion_tokens for u in self.usages)
+
     def usage(self) -> dict[str, Any]:
-        return wire.usage(sum(u.prompt_tokens for u in self.usages), sum(u.completion_tokens for u in self.usages))
+        return wire.usage(*self.token_counts())
 
 
 def prepare(engine: TextEngine, req: CreateCompletionRequest, fingerprint: str) -> CompletionJob:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ EMBEDDINGS_PATH = "/v1/embeddings"
 
 def create_router(engine: TextEngine) -> APIRouter:
     router = APIRouter()
-    capabilities = frozenset(getattr(engine, "capabilities", ()))
+    capabilities = frozenset(engine.capabilities)  # type: ignore[attr-defined]
     fingerprint = chat.fingerprint(engine)
 
     def require(capability: str, what: str) -> None:
@@ -43,7 +44,7 @@ def create_router(engine: TextEngine) -> APIRouter:
         usage, cancel = Usage(), threading.Event()
         if body.stream:
             events = await primed(chat.stream(engine, job, usage, cancel))
-            return sse_response(counted(CHAT_PATH, usage, events))
+            return sse_response(counted(CHAT_PATH, lambda: (usage.prompt_tokens, usage.completion_tokens), events))
         result = await run_cancellable(request, lambda: chat.collect(engine, job, usage, cancel), cancel)
         stats.record(CHAT_PATH, usage.prompt_tokens, usage.completion_tokens)
         return JSONResponse(result)
@@ -56,10 +57,9 @@ def create_router(engine: TextEngine) -> APIRouter:
         cancel = threading.Event()
         if body.stream:
             events = await primed(completions.stream(engine, job, cancel))
-            return sse_response(counted_job(job, events))
+            return sse_response(counted(COMPLETIONS_PATH, job.token_counts, events))
         result = await run_cancellable(request, lambda: completions.collect(engine, job, cancel), cancel)
-        usage = result["usage"]
-        stats.record(COMPLETIONS_PATH, usage["prompt_tokens"], usage["completion_tokens"])
+        stats.record(COMPLETIONS_PATH, *job.token_counts())
         return JSONResponse(result)
 
     @router.post(EMBEDDINGS_PATH)
@@ -74,22 +74,14 @@ def create_router(engine: TextEngine) -> APIRouter:
     return router
 
 
-async def counted(path: str, usage: Usage, events: Any) -> Any:
-    """Pass a stream through, then count its tokens."""
+async def counted(path: str, token_counts: Callable[[], tuple[int, int]],
+                  events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """Pass a stream through, then count its (prompt, completion) tokens."""
     try:
         async for event in events:
             yield event
     finally:
-        stats.record(path, usage.prompt_tokens, usage.completion_tokens)
-
-
-async def counted_job(job: completions.CompletionJob, events: Any) -> Any:
-    try:
-        async for event in events:
-            yield event
-    finally:
-        usage = job.usage()
-        stats.record(COMPLETIONS_PATH, usage["prompt_tokens"], usage["completion_tokens"])
+        stats.record(path, *token_counts())
 
 
 def embed(engine: TextEngine, body: CreateEmbeddingRequest, cancel: threading.Event) -> dict[str, Any]:
