@@ -25,8 +25,8 @@ from PIL import Image, ImageDraw
 
 from runtime.config import Settings
 from runtime.engines.base import ImageParams, ModelSpec
-from runtime.errors import EngineError
 from runtime.engines.diffusion import DiffusionEngine
+from runtime.errors import EngineError
 from runtime.server.errors import install_error_handlers
 from runtime.server.routes import files
 from runtime.worker import images

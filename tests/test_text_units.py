@@ -177,3 +177,18 @@ def test_reasoning_content_through_the_router(live_server, text_app) -> None:
     assert "".join(d.model_extra.get("reasoning_content") or "" for d in deltas) == "Two and two."
     assert "".join(d.content or "" for d in deltas) == "It is 4."
     assert chunks[-1].usage.completion_tokens_details.reasoning_tokens == len("Two and two.")
+
+
+def test_tools_are_described_to_templates_that_ignore_them() -> None:
+    tools = [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
+    history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Time?"},
+               {"role": "assistant", "content": "", "tool_calls": [
+                   {"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
+               {"role": "tool", "content": "12:00", "tool_call_id": "c1"}]
+    text = ChatTemplate(None, "", "").render(history, tools)
+    assert text.startswith("<|im_start|>system\nBe brief.\n\nYou may call functions")
+    assert '{"name": "get_time", "parameters": {"type": "object"}}' in text
+    content, calls = parse_tool_calls(text.split("<|im_start|>assistant\n")[1].split("<|im_end|>")[0], TOOLS)
+    assert [c.name for c in calls] == ["get_time"]
+    aware = ChatTemplate("{% for m in messages %}{{ m.content }}{% endfor %}{{ tools | length }}", "", "")
+    assert aware.render([{"role": "user", "content": "hi"}], tools) == "hi1"

@@ -111,7 +111,7 @@ def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
     rows = [
         [w["model"], w["state"], w["pid"], output.human_size(w.get("rss") or w.get("memory")),
          w.get("queue_depth", 0), f"{w.get('active', 0)}/{w.get('parallel', 1)}",
-         "forever" if w.get("expires_at") is None else duration(max(0.0, w["expires_at"] - now)),
+         _unloads_in(w, now),
          " ".join(f"{k}={v}" for k, v in sorted(w.get("options", {}).items()))]
         for w in workers
     ]
@@ -363,6 +363,13 @@ def loaded_models() -> list[dict[str, Any]]:
     with ServerClient(Settings.load().paths) as client:
         models = client.get("/v1/models")["data"]
     return [{**model["worker"], "model": model["id"]} for model in models if model.get("worker")]
+
+
+def _unloads_in(worker: dict[str, Any], now: float) -> str:
+    if worker.get("state") != "ready":
+        return "-"
+    expires_at = worker.get("expires_at")
+    return "never" if expires_at is None else duration(max(0.0, expires_at - now))
 
 
 def duration(seconds: float) -> str:

@@ -21,6 +21,15 @@ CHATML = (
 )
 
 
+# For templates that know nothing of tools: describe them in the system prompt, in the Hermes format
+# that runtime/worker/toolcalls.py parses.
+TOOL_PROMPT = (
+    "You may call functions to help with the user's request. To call one, reply with only\n"
+    "<tool_call>\n{{\"name\": <function name>, \"arguments\": <arguments as a JSON object>}}\n</tool_call>\n"
+    "Available functions:\n{functions}"
+)
+
+
 class TemplateError(InvalidRequestError):
     """The template refused the conversation (raise_exception), e.g. roles in an order it can't render."""
 
@@ -42,11 +51,14 @@ class ChatTemplate:
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         self.has_own = bool(source)
+        self.knows_tools = bool(source) and "tools" in source
         self.template = env.from_string(source or CHATML)
         self.bos_token = bos_token
         self.eos_token = eos_token
 
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+        if not self.knows_tools:
+            messages = describe_tools(messages, tools)
         try:
             return self.template.render(messages=messages, tools=tools, add_generation_prompt=True,
                                         bos_token=self.bos_token, eos_token=self.eos_token)
@@ -55,3 +67,25 @@ class ChatTemplate:
         except Exception as exc:  # template bugs surface as any exception type
             raise InvalidRequestError(f"The model's chat template failed on these messages: {exc}",
                                       param="messages") from None
+
+
+def describe_tools(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The conversation with tools in the system prompt and past calls written out as text."""
+    out = [_calls_as_text(m) for m in messages]
+    if not tools:
+        return out
+    functions = "\n".join(json.dumps(t.get("function", t), ensure_ascii=False) for t in tools)
+    prompt = TOOL_PROMPT.format(functions=functions)
+    if out and out[0]["role"] == "system":
+        return [{**out[0], "content": f"{out[0]['content']}\n\n{prompt}"}, *out[1:]]
+    return [{"role": "system", "content": prompt}, *out]
+
+
+def _calls_as_text(message: dict[str, Any]) -> dict[str, Any]:
+    calls = message.get("tool_calls")
+    if not calls:
+        return message
+    text = "".join(f'<tool_call>\n{{"name": {json.dumps(c["function"]["name"])}, '
+                   f'"arguments": {c["function"]["arguments"]}}}\n</tool_call>' for c in calls)
+    rest = {k: v for k, v in message.items() if k != "tool_calls"}
+    return {**rest, "content": (message.get("content") or "") + text}

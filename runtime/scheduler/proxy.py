@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Protocol
+from typing import Protocol
 
 import httpx
 from starlette.responses import Response
@@ -50,8 +50,10 @@ class ProxyResponse(Response):
             await asyncio.gather(relay, watch, return_exceptions=True)
         if relay.cancelled():
             log.info("client disconnected from %s; request cancelled", self.path)
-        elif relay.exception() is not None:
-            raise relay.exception()  # type: ignore[misc]
+            return
+        failure = relay.exception()
+        if failure is not None:
+            raise failure
 
     async def _relay(self, scope: Scope, send: Send) -> None:
         started = False
@@ -133,7 +135,7 @@ def _response_headers(upstream: httpx.Response) -> list[tuple[bytes, bytes]]:
     return [(k.lower(), v) for k, v in upstream.headers.raw if k.decode().lower() not in HOP_BY_HOP]
 
 
-def forward_headers(content_type: str | None, base_url: str) -> dict[str, Any]:
+def forward_headers(content_type: str | None, base_url: str) -> dict[str, str]:
     headers = {"x-stacklet-base-url": base_url}
     if content_type:
         headers["Content-Type"] = content_type

@@ -28,6 +28,12 @@ def error_response(exc: StackletError) -> JSONResponse:
     return JSONResponse(exc.to_dict(), status_code=exc.status, headers=exc.headers())
 
 
+_PYDANTIC_MARKERS = frozenset(
+    {"str", "int", "float", "bool", "none", "dict", "list", "bytes", "function-after", "function-before",
+     "function-wrap", "function-plain", "json-or-python"}
+)
+
+
 def param_path(loc: tuple[Any, ...] | list[Any]) -> str | None:
     """pydantic location -> OpenAI param path, e.g. ('body', 'messages', 0, 'content') -> messages[0].content."""
     parts = [p for p in loc if p not in ("body", "query", "path", "form")]
@@ -35,8 +41,8 @@ def param_path(loc: tuple[Any, ...] | list[Any]) -> str | None:
     for part in parts:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif "[" in str(part) or part in ("function-after", "function-before", "function-wrap"):
-            continue  # pydantic union/validator markers such as "str" or "list[...]"
+        elif "[" in str(part) or part in _PYDANTIC_MARKERS:
+            continue  # which union member or validator failed, not a field name
         else:
             out += f".{part}" if out else str(part)
     return out or None

@@ -1,4 +1,5 @@
-"""`stacklet test images` / `image-edit` plumbing: the CLI against the image worker routes on the fake engine."""
+"""Image plumbing on the fake engine: `stacklet test images` / `image-edit`, response-format defaults and
+cancellation when the client goes away."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -24,12 +27,17 @@ from runtime.worker import images
 
 
 @pytest.fixture
-def base_url(stacklet_home: Path) -> Iterator[str]:
+def engine() -> FakeEngine:
+    return FakeEngine(ModelSpec("fake-image", "image", "fake", {}, metadata={"fake_delay": 0.2}))
+
+
+@pytest.fixture
+def base_url(stacklet_home: Path, engine: FakeEngine) -> Iterator[str]:
     settings = Settings.load({"auth": False})
     app = FastAPI()
     app.state.settings = settings
     install_error_handlers(app)
-    app.include_router(images.create_router(FakeEngine(ModelSpec("fake-image", "image", "fake", {}))))
+    app.include_router(images.create_router(engine))
     app.include_router(files.create_router(settings))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -68,3 +76,34 @@ def test_smoke_command_exits_1_when_a_check_fails(base_url: str, tmp_path: Path)
     assert result.exit_code == 1
     report = json.loads(result.output)
     assert not report["ok"]
+
+
+def test_dall_e_names_get_urls_by_default_and_others_b64(base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0)
+    assert client.images.generate(model="dall-e-2", prompt="x").data[0].url.startswith(base_url + "/images/files/")
+    assert client.images.generate(model="fake-image", prompt="x").data[0].b64_json
+
+
+def test_closing_a_stream_stops_generating_between_images(base_url: str, engine: FakeEngine) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0)
+    stream = client.images.generate(model="fake-image", prompt="x", n=10, stream=True)
+    first = next(iter(stream))
+    assert first.type == "image_generation.completed"
+    stream.close()
+    assert settled_count(engine) < 10
+
+
+def test_a_disconnected_request_stops_generating_between_images(base_url: str, engine: FakeEngine) -> None:
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(base_url + "/images/generations", json={"model": "fake-image", "prompt": "x", "n": 10},
+                   timeout=httpx.Timeout(5, read=0.5))
+    assert settled_count(engine) < 10
+
+
+def settled_count(engine: FakeEngine) -> int:
+    """How many images the fake made, once that stops changing (it makes one per 0.2 s until cancelled)."""
+    last = -1
+    while engine._generated != last:
+        last = engine._generated
+        time.sleep(1.0)
+    return last
