@@ -66,7 +66,7 @@ def test_smoke_commands_pass_and_save_the_images(base_url: str, tmp_path: Path, 
     report = json.loads(result.output)
     assert report["ok"] and all(check["ok"] for check in report["checks"])
     assert {path.name for path in out.iterdir()} == saved
-    assert str(out) in report["checks"][0]["detail"]
+    assert {Path(f).name for check in report["checks"] for f in check["extra"]["files"]} == saved
 
 
 def test_smoke_command_exits_1_when_a_check_fails(base_url: str, tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ from typing import Any
 
 import typer
 
-from cli.smoke import ApiKeyOption, BaseUrlOption, JsonOption, Report, openai_client
+from cli import output
+from cli.smoke import ApiKeyOption, BaseUrlOption, Check, JsonOption, Report, openai_client
 
 PROMPT = "a lighthouse on a cliff at sunset"
 EDIT_PROMPT = "the same scene in watercolour"
@@ -33,14 +34,14 @@ def test_images(model: str = typer.Argument(..., help="Image model to test."), b
         response = client.images.generate(model=model, prompt=PROMPT, n=2, response_format="b64_json",
                                           **_size(size))
         images = [base64.b64decode(item.b64_json or "") for item in response.data or []]
-        check.detail = _save_all(images, folder, "generate", _expected(size, response), count=2)
+        _save_all(check, images, folder, "generate", _expected(size, response), count=2)
     with report.check("generate url") as check:
         response = client.images.generate(model=model, prompt=PROMPT, response_format="url", **_size(size))
         url = response.data[0].url if response.data else None
         if not url:
             raise ValueError("the response holds no url")
-        check.detail = _save_all([_fetch(client, url)], folder, "url", _expected(size, response), count=1)
-    report.finish(as_json)
+        _save_all(check, [_fetch(client, url)], folder, "url", _expected(size, response), count=1)
+    _finish(report, folder, as_json)
 
 
 def test_image_edit(model: str = typer.Argument(..., help="Image model to test."),
@@ -55,14 +56,14 @@ def test_image_edit(model: str = typer.Argument(..., help="Image model to test."
         response = client.images.edit(model=model, image=("source.png", source, "image/png"), prompt=EDIT_PROMPT,
                                       response_format="b64_json", **_size(size))
         images = [base64.b64decode(item.b64_json or "") for item in response.data or []]
-        check.detail = _save_all(images, folder, "edit", _expected(size, response), count=1)
+        _save_all(check, images, folder, "edit", _expected(size, response), count=1)
     with report.check("edit with mask (inpainting)") as check:
         response = client.images.edit(model=model, image=("source.png", source, "image/png"),
                                       mask=("mask.png", _test_mask(width, height), "image/png"),
                                       prompt=EDIT_PROMPT, response_format="b64_json", **_size(size))
         images = [base64.b64decode(item.b64_json or "") for item in response.data or []]
-        check.detail = _save_all(images, folder, "inpaint", _expected(size, response), count=1)
-    report.finish(as_json)
+        _save_all(check, images, folder, "inpaint", _expected(size, response), count=1)
+    _finish(report, folder, as_json)
 
 
 def _size(size: str | None) -> dict[str, Any]:
@@ -90,8 +91,9 @@ def _folder(out: Path | None) -> Path:
     return folder
 
 
-def _save_all(images: list[bytes], folder: Path, stem: str, size: tuple[int, int], count: int) -> str:
-    """Check count, decoding and size; save each file; say where they went."""
+def _save_all(check: Check, images: list[bytes], folder: Path, stem: str, size: tuple[int, int],
+              count: int) -> None:
+    """Check count, decoding and size, and save each file (listed in the check's `files`)."""
     from PIL import Image
 
     if len(images) != count:
@@ -105,7 +107,14 @@ def _save_all(images: list[bytes], folder: Path, stem: str, size: tuple[int, int
         path = folder / f"{stem}-{number}.{(image.format or 'png').lower()}"
         path.write_bytes(data)
         paths.append(str(path))
-    return "saved " + ", ".join(paths)
+    check.detail = f"{count} x {size[0]}x{size[1]}"
+    check.extra["files"] = paths
+
+
+def _finish(report: Report, folder: Path, as_json: bool) -> None:
+    if not as_json:
+        output.console.print(f"Images saved in {folder}", highlight=False, soft_wrap=True)
+    report.finish(as_json)
 
 
 def _fetch(client: Any, url: str) -> bytes:
