@@ -213,7 +213,7 @@ def test_mask_alpha_becomes_white_repaint_area() -> None:
     ({"output_compression": 101}, "output_compression"),
     ({"background": "transparent"}, "background"),
     ({"sampler": "nope"}, "sampler"),
-    ({"partial_images": 2}, "partial_images"),
+    ({"partial_images": 4, "stream": True}, "partial_images"),
 ])
 def test_generation_rejections(served: dict[str, Any], body: dict[str, Any], param: str) -> None:
     response = httpx.post(served["url"] + "/images/generations", json={"model": MODEL, "prompt": "x", **body})

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cli import output
+from cli import engine_options, output
 from runtime.errors import InvalidRequestError, StackletError
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ def show(name: str = NameArgument, as_json: bool = JsonOption) -> None:
     template = meta.pop("chat_template", None)
     summary = [["name", record.name], ["kind", record.kind], ["engine", record.engine],
                ["size", output.human_size(record.size)], ["source", _where(record.source)],
-               ["options", ", ".join(f"{k}={v}" for k, v in record.options.as_dict().items()) or "(defaults)"]]
+               ["options", _options_text(record) or "(defaults)"]]
     summary += [[key, value] for key, value in meta.items() if value not in (None, "", [])]
     output.table(["", ""], summary, title=record.name)
     output.table(["ROLE", "FILE", "SIZE", "SHA256"],
@@ -198,6 +198,74 @@ def rm(name: str = NameArgument,
         typer.confirm(f"Remove {name}?", abort=True)
     _, freed = store.remove(name)
     output.console.print(f"Removed {name} (freed {output.human_size(freed)}).", highlight=False)
+
+
+SET_HELP = """Store engine options and keep_alive with a model; they apply wherever it loads.
+
+They layer between the server's (`stacklet serve` flags) and a load's (POST /v1/models/MODEL/load):
+serve < model < load, and for keep_alive request > load > model > serve. A loaded model keeps the
+options it was loaded with until it reloads (`stacklet ps` shows what is in effect); a new
+keep_alive counts from its next request. `--unset NAME` (repeatable) clears one, e.g.
+`--unset ctx_size --unset keep_alive`. With no flags, prints what is stored.
+
+--json prints the model record, as `stacklet show --json` does.
+"""
+
+
+def _settable_names(incomplete: str) -> list[str]:
+    from runtime.engines.options import EngineOptions
+
+    return [name for name in (*EngineOptions.field_names(), "keep_alive") if name.startswith(incomplete)]
+
+
+UnsetOption = typer.Option(None, "--unset", metavar="NAME", help="Clear a stored option (repeatable).",
+                           autocompletion=_settable_names)
+
+
+def set_options(
+    name: str = NameArgument,
+    n_gpu_layers: str | None = engine_options.NGpuLayersOption,
+    main_gpu: int | None = engine_options.MainGpuOption,
+    tensor_split: str | None = engine_options.TensorSplitOption,
+    split_mode: str | None = engine_options.SplitModeOption,
+    flash_attn: str | None = engine_options.FlashAttnOption,
+    ctx_size: int | None = engine_options.CtxSizeOption,
+    parallel: int | None = engine_options.ParallelOption,
+    cache_type_k: str | None = engine_options.CacheTypeKOption,
+    cache_type_v: str | None = engine_options.CacheTypeVOption,
+    threads: int | None = engine_options.ThreadsOption,
+    no_mmap: bool = engine_options.NoMmapOption,
+    keep_alive: str | None = typer.Option(None, "--keep-alive", help="How long the model stays loaded when idle: "
+                                          "seconds or 30s/5m/1h; negative = forever."),
+    unset: list[str] | None = UnsetOption,
+    as_json: bool = JsonOption,
+) -> None:
+    patch: dict[str, Any] = engine_options.given(locals())
+    if keep_alive is not None:
+        patch["keep_alive"] = keep_alive
+    for option in unset or []:
+        option = option.replace("-", "_")
+        if option in patch:
+            raise InvalidRequestError(f"--unset {option} contradicts the value given for it. Pass one of them.")
+        patch[option] = None
+    store = _store()
+    record = store.registry.configure(name, patch) if patch else store.get(name)
+    if as_json:
+        output.print_json(record.to_dict())
+        return
+    verb = "Stored with" if patch else "Options of"
+    output.console.print(f"{verb} {record.name}: {_options_text(record) or 'none (server defaults)'}.",
+                         highlight=False, soft_wrap=True)
+    if patch:
+        output.console.print("A loaded model keeps its current options until it reloads (see `stacklet ps`).",
+                             highlight=False, soft_wrap=True)
+
+
+def _options_text(record: ModelRecord) -> str:
+    stored = record.options.as_dict()
+    if record.keep_alive is not None:
+        stored["keep_alive"] = "forever" if record.keep_alive < 0 else f"{record.keep_alive:g}s"
+    return ", ".join(f"{k}={v}" for k, v in stored.items())
 
 
 def _repo_file(path: str) -> str:
@@ -238,3 +306,4 @@ def register(app: typer.Typer) -> None:
     app.command("list")(list_models)
     app.command()(show)
     app.command()(rm)
+    app.command("set", help=SET_HELP)(set_options)

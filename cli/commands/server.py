@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from cli import output
+from cli import engine_options, output
 
 HEALTH_TIMEOUT_S = 120.0  # first start-up imports the web stack and opens the database
 STOP_TIMEOUT_S = 30.0  # the server lets requests finish and stops every worker first
@@ -38,31 +38,28 @@ def serve(
                                           "limit beyond memory)."),
     memory_budget: str | None = typer.Option(None, "--memory-budget", help="Memory for loaded models, e.g. 12G "
                                       "(default: 80% of RAM, plus VRAM when offloading)."),
-    n_gpu_layers: str | None = typer.Option(None, "--n-gpu-layers", help="Layers to offload: auto, all or N."),
-    main_gpu: int | None = typer.Option(None, "--main-gpu", help="GPU for the model (split-mode none) or scratch."),
-    tensor_split: str | None = typer.Option(None, "--tensor-split", help="Share per GPU, e.g. 3,1."),
-    split_mode: str | None = typer.Option(None, "--split-mode", help="none, layer or row."),
-    flash_attn: str | None = typer.Option(None, "--flash-attn", help="auto, on or off."),
-    ctx_size: int | None = typer.Option(None, "--ctx-size", help="Context length in tokens."),
-    parallel: int | None = typer.Option(None, "--parallel", help="Requests one text model serves at once."),
-    cache_type_k: str | None = typer.Option(None, "--cache-type-k", help="KV cache type for K, e.g. f16, q8_0."),
-    cache_type_v: str | None = typer.Option(None, "--cache-type-v", help="KV cache type for V, e.g. f16, q8_0."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads per model."),
-    no_mmap: bool = typer.Option(False, "--no-mmap", help="Read weights into memory instead of mapping them."),
+    n_gpu_layers: str | None = engine_options.NGpuLayersOption,
+    main_gpu: int | None = engine_options.MainGpuOption,
+    tensor_split: str | None = engine_options.TensorSplitOption,
+    split_mode: str | None = engine_options.SplitModeOption,
+    flash_attn: str | None = engine_options.FlashAttnOption,
+    ctx_size: int | None = engine_options.CtxSizeOption,
+    parallel: int | None = engine_options.ParallelOption,
+    cache_type_k: str | None = engine_options.CacheTypeKOption,
+    cache_type_v: str | None = engine_options.CacheTypeVOption,
+    threads: int | None = engine_options.ThreadsOption,
+    no_mmap: bool = engine_options.NoMmapOption,
 ) -> None:
     """Serve every local model through the OpenAI-compatible API (foreground unless -d)."""
     from runtime.scheduler.keepalive import parse_keep_alive
 
-    engine = {"n_gpu_layers": n_gpu_layers, "main_gpu": main_gpu, "tensor_split": tensor_split,
-              "split_mode": split_mode, "flash_attn": flash_attn, "ctx_size": ctx_size, "parallel": parallel,
-              "cache_type_k": cache_type_k, "cache_type_v": cache_type_v, "threads": threads,
-              "no_mmap": True if no_mmap else None}
+    engine = engine_options.given(locals())
     overrides: dict[str, Any] = {
         "host": host, "port": port, "auth": False if no_auth else None,
         "keep_alive": None if keep_alive is None else parse_keep_alive(keep_alive),
         "max_loaded_models": max_loaded_models,
         "memory_budget": None if memory_budget is None else parse_size(memory_budget),
-        "engine": {k: v for k, v in engine.items() if v is not None},
+        "engine": engine,
     }
     if detach:
         start_background(overrides)
@@ -99,7 +96,11 @@ def logs(
 
 
 def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Loaded models: worker pid, memory, queue, active requests, time until unload, options."""
+    """Loaded models: worker pid, memory, queue, active requests, time until unload, options in effect.
+
+    The options are the ones the worker was loaded with; options stored since (`stacklet set`) apply
+    when the model reloads.
+    """
     workers = loaded_models()
     if as_json:
         output.print_json(workers)
@@ -148,22 +149,14 @@ def server_args(overrides: dict[str, Any]) -> list[str]:
 
 
 def run_foreground(overrides: dict[str, Any]) -> None:
-    import os
-
     import runtime.__main__ as server_main
     from runtime.config import Settings
-    from runtime.scheduler import state
 
     settings = Settings.load(overrides)
     paths = settings.paths.ensure()
     _refuse_second_server(paths)
     check_port_free(settings.host, settings.port)
-    state.publish(paths, os.getpid(), settings.host, settings.port)
-    try:
-        code = server_main.main(server_args(overrides))
-    finally:
-        state.retract(paths, os.getpid())
-    raise typer.Exit(code)
+    raise typer.Exit(server_main.main(server_args(overrides)))
 
 
 def start_background(overrides: dict[str, Any]) -> None:
@@ -187,10 +180,9 @@ def start_background(overrides: dict[str, Any]) -> None:
         process = subprocess.Popen([sys.executable, "-m", "runtime", *server_args(overrides)],
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
-    info = state.ServerInfo(process.pid, settings.host, settings.port, time.time())
-    _wait_healthy(process, info.url, log_path, start)
-    info = state.publish(paths, process.pid, settings.host, settings.port)
-    _print_ready(info.url, settings.auth)
+    url = state.ServerInfo(process.pid, settings.host, settings.port, time.time()).url
+    _wait_healthy(process, url, log_path, start)  # the server publishes its own state record
+    _print_ready(url, settings.auth)
 
 
 def _refuse_second_server(paths: Any) -> None:

@@ -25,9 +25,10 @@ from typing import Any
 import llama_cpp.llama_cpp as ll
 
 from runtime.engines.base import SamplingParams, TextDelta, Usage
+from runtime.engines.llama import StopScanner
 from runtime.engines.llama_embed import EmbeddingBatcher, EmbedJob
 from runtime.engines.llama_sched import GenerationScheduler
-from runtime.engines.llama_seq import DONE, Choice, Request, SamplerChain, StopFilter
+from runtime.engines.llama_seq import DONE, Choice, Request, SamplerChain
 from runtime.engines.options import EngineOptions
 from runtime.errors import ContextLengthExceededError, EngineError, InvalidRequestError
 
@@ -46,8 +47,9 @@ class BatchEngine:
         ll.llama_backend_init()  # idempotent: it only initialises tables and loads backends once
         self.embedding = embedding
         self._model = _load_model(Path(model_path), options)
-        self._vocab = ll.llama_model_get_vocab(self._model)
-        self.n_vocab = ll.llama_vocab_n_tokens(self._vocab)
+        self.vocab = ll.llama_model_get_vocab(self._model)
+        self.n_vocab = ll.llama_vocab_n_tokens(self.vocab)
+        self.n_embd = ll.llama_model_n_embd(self._model)
         n_ctx_train = ll.llama_model_n_ctx_train(self._model)
         self._ctx = self._new_context(options, n_ctx_train)
         self.context_length = min(ll.llama_n_ctx(self._ctx), n_ctx_train)
@@ -80,6 +82,7 @@ class BatchEngine:
             self._n_seqs = min(256, max(64, options.parallel or 0))
             params.embeddings = True
             params.pooling_type = self._pooling_type()
+            params.kv_unified = True  # causal models used to embed: any input may take the whole cache
         else:
             n_ctx = options.ctx_size or min(n_ctx_train, DEFAULT_CTX)
             self._batch_tokens = BATCH_TOKENS
@@ -115,7 +118,7 @@ class BatchEngine:
         capacity = len(data) + 8
         while True:
             out = (ll.llama_token * capacity)()
-            count = ll.llama_tokenize(self._vocab, data, len(data), out, capacity, add_special, parse_special)
+            count = ll.llama_tokenize(self.vocab, data, len(data), out, capacity, add_special, parse_special)
             if count >= 0:
                 return out[:count]
             capacity = -count
@@ -127,14 +130,14 @@ class BatchEngine:
         if not special and token in self._pieces:
             return self._pieces[token]
         buf = ctypes.create_string_buffer(256)
-        size = ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        size = ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         data = buf.raw[:max(size, 0)]
         if not special:
             self._pieces[token] = data
         return data
 
     def is_eog(self, token: int) -> bool:
-        return ll.llama_vocab_is_eog(self._vocab, token)
+        return ll.llama_vocab_is_eog(self.vocab, token)
 
     # Work
 
@@ -147,9 +150,9 @@ class BatchEngine:
         window = self.context_length
         for index in range(n):
             seed = None if params.seed is None else params.seed + index
-            chain = SamplerChain(self._vocab, self.n_vocab, params, seed, window)
+            chain = SamplerChain(self.vocab, self.n_vocab, params, seed, window)
             request.choices.append(Choice(index, request, list(prompt_tokens), chain,
-                                          StopFilter(params.stop)))
+                                          StopScanner(params.stop)))
         self._inbox.put(request)
         finished = False
         try:
@@ -172,8 +175,6 @@ class BatchEngine:
                 f"n is at most {self.parallel} for this model (its --parallel setting).", param="n")
         if len(prompt) >= self.context_length:
             raise ContextLengthExceededError(self.context_length, len(prompt))
-        if params.max_tokens and len(prompt) + params.max_tokens > self.context_length:
-            raise ContextLengthExceededError(self.context_length, len(prompt), params.max_tokens)
 
     def embed(self, inputs: list[list[int]], cancel: threading.Event) -> list[list[float]]:
         """One normalised vector per input; inputs of all callers share decodes."""
@@ -225,12 +226,13 @@ class BatchEngine:
 
 
 def _next_event(events: queue.SimpleQueue, cancel: threading.Event) -> Any:
-    while True:
+    """The request's next event; DONE as soon as the caller cancels."""
+    while not cancel.is_set():
         try:
             return events.get(timeout=POLL_S)
         except queue.Empty:
-            if cancel.is_set():
-                return DONE
+            pass
+    return DONE
 
 
 def _load_model(path: Path, options: EngineOptions) -> Any:

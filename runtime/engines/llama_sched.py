@@ -34,6 +34,7 @@ class GenerationScheduler:
         self._ledger = KVLedger(ll.llama_get_memory(ctx), ll.llama_n_ctx(ctx), n_seqs)
         self._pending: list[Request] = []  # oldest first
         self._active: list[Request] = []  # in admission order
+        self._preemptions = 0
 
     @property
     def idle(self) -> bool:
@@ -49,6 +50,7 @@ class GenerationScheduler:
             "kv_cells_used": self._ledger.used,
             "kv_cells_total": self._ledger.n_cells,
             "cached_prefixes": self._ledger.cached_count,
+            "preemptions": self._preemptions,
         }
 
     def close(self) -> None:
@@ -82,16 +84,15 @@ class GenerationScheduler:
             if self._slots_used() + len(choices) > self._parallel:
                 return
             starters = choices if request.forked else choices[:1]
-            matches = [self._match(c) for c in starters]
-            protect = {src for src, _ in matches}
-            need = sum(len(c.tokens) - n for c, (_, n) in zip(starters, matches, strict=True)) + len(choices)
-            if not self._make_room(need + self._reserved(), protect):
+            matches = self._room_for(starters, len(choices))
+            if matches is None:
                 if self._active:
                     return
                 self._pending.pop(0)
                 request.fail(ContextLengthExceededError(self._ledger.n_cells, len(request.prompt)))
                 self._close(request)
                 continue
+            protect = {src for src, _ in matches}
             if self._ledger.available_ids(protect) < len(choices):
                 return
             self._pending.pop(0)
@@ -105,6 +106,18 @@ class GenerationScheduler:
                 request.usage.cached_tokens = matches[0][1]
                 request.admitted_before = True
             self._active.append(request)
+
+    def _room_for(self, starters: list[Choice], n_choices: int) -> list[tuple[int, int]] | None:
+        """Make room for the starting choices; their cached prefixes, or None if they cannot fit.
+
+        A cached prefix is kept while making room; if that leaves too little, it is given up.
+        """
+        matches = [self._match(c) for c in starters]
+        for attempt in (matches, [(-1, 0)] * len(starters)):
+            need = sum(len(c.tokens) - n for c, (_, n) in zip(starters, attempt, strict=True))
+            if self._make_room(need + n_choices + self._reserved(), {src for src, _ in attempt}):
+                return attempt
+        return None
 
     def _match(self, choice: Choice) -> tuple[int, int]:
         """The cached prefix to start from; at least the last token is always evaluated again."""
@@ -131,6 +144,7 @@ class GenerationScheduler:
             self._active.remove(victim)
             self._release(victim, keep=False)
             self.submit(victim)
+            self._preemptions += 1
             return True
         if self._active:
             choice = [c for c in self._active[0].choices if not c.finished][-1]
@@ -226,7 +240,7 @@ class GenerationScheduler:
         engine, params = self._engine, choice.request.params
         token = ll.llama_sampler_sample(choice.chain.ptr, self._ctx, row)
         if engine.is_eog(token):
-            tail, _ = choice.stops.push(choice.decoder.decode(b"", final=True))
+            tail, _ = choice.stops.feed(choice.decoder.decode(b"", final=True))
             self._finish(choice, "stop", tail + choice.stops.flush())
             return
         if params.logprobs is not None:
@@ -236,11 +250,11 @@ class GenerationScheduler:
         choice.tokens.append(token)
         choice.n_generated += 1
         choice.request.usage.completion_tokens += 1
-        text, stopped = choice.stops.push(choice.decoder.decode(engine.piece(token)))
+        text, stopped = choice.stops.feed(choice.decoder.decode(engine.piece(token)))
         if stopped:
             self._finish(choice, "stop", text)
         elif choice.n_generated == params.max_tokens or len(choice.tokens) >= engine.context_length:
-            rest, _ = choice.stops.push(choice.decoder.decode(b"", final=True))
+            rest, _ = choice.stops.feed(choice.decoder.decode(b"", final=True))
             self._finish(choice, "length", text + rest + choice.stops.flush())
         else:
             emit(choice, text)

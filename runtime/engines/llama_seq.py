@@ -18,6 +18,7 @@ import llama_cpp.llama_cpp as ll
 import numpy as np
 
 from runtime.engines.base import SamplingParams, TextDelta, TokenLogprob, Usage
+from runtime.engines.llama import StopScanner
 from runtime.errors import InvalidRequestError
 
 DONE = None  # the event that ends a request's stream
@@ -31,9 +32,10 @@ class SamplerChain:
         self.ptr = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         if params.grammar:
             grammar = ll.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
-            if not grammar:
+            if not grammar:  # llama.cpp could not parse it; adding NULL to the chain would crash
                 ll.llama_sampler_free(self.ptr)
-                raise InvalidRequestError("The grammar for this request could not be parsed.")
+                raise InvalidRequestError("The output schema could not be turned into a grammar. Simplify the "
+                                          "schema.", param="response_format")
             self._add(grammar)
         if params.logit_bias:
             biases = (ll.llama_logit_bias * len(params.logit_bias))(
@@ -41,7 +43,7 @@ class SamplerChain:
             self._add(ll.llama_sampler_init_logit_bias(n_vocab, len(biases), biases))
         if params.presence_penalty or params.frequency_penalty:
             self._add(ll.llama_sampler_init_penalties(
-                penalty_window, 1.0, params.frequency_penalty, params.presence_penalty))
+                n_vocab, penalty_window, 1.0, params.frequency_penalty, params.presence_penalty))
         if params.temperature <= 0:
             self._add(ll.llama_sampler_init_greedy())
             return
@@ -59,36 +61,13 @@ class SamplerChain:
             self.ptr = None
 
 
-class StopFilter:
-    """Releases text as it streams, holding back a tail that might begin a stop string."""
-
-    def __init__(self, stops: list[str]) -> None:
-        self._stops = [s for s in stops if s]
-        self._held = ""
-
-    def push(self, text: str) -> tuple[str, bool]:
-        """(text safe to emit, whether a stop string was reached)."""
-        text = self._held + text
-        cut = min((i for i in (text.find(s) for s in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self._held = ""
-            return text[:cut], True
-        hold = max((k for s in self._stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-        self._held = text[len(text) - hold:] if hold else ""
-        return text[:len(text) - hold], False
-
-    def flush(self) -> str:
-        text, self._held = self._held, ""
-        return text
-
-
 @dataclass(eq=False)
 class Choice:
     index: int
     request: Request
     tokens: list[int]  # prompt, then sampled tokens; the cache holds the first n_past
     chain: SamplerChain
-    stops: StopFilter
+    stops: StopScanner
     n_past: int = 0
     seq: int = -1  # KV sequence id while admitted
     n_generated: int = 0

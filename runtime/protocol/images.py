@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from starlette.datastructures import UploadFile
 
 from runtime.errors import InvalidRequestError
@@ -52,9 +52,6 @@ class ImageOptions(OpenAIRequest):
             raise InvalidRequestError(
                 "background 'transparent' is not supported by this model; use 'opaque' or 'auto'.",
                 param="background", code="invalid_value")
-        if self.partial_images and not self.stream:
-            raise InvalidRequestError("The 'partial_images' parameter is only allowed when 'stream' is enabled.",
-                                      param="partial_images")
 
     def requested_size(self) -> tuple[int, int] | None:
         """(width, height), or None for `auto`."""
@@ -77,20 +74,11 @@ class CreateImageEditRequest(ImageOptions):
     strength: float | None = Field(default=None, ge=0, le=1)
     input_fidelity: Literal["high", "low"] | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _image_array(cls, data: Any) -> Any:
-        # The SDKs send one file as `image` and several as `image[]`; accept both.
-        if isinstance(data, dict) and "image[]" in data:
-            data = dict(data)
-            extra = data.pop("image[]")
-            data["image"] = _as_list(data.get("image")) + _as_list(extra)
-        return data
-
     @field_validator("image", mode="before")
     @classmethod
     def _images(cls, value: Any) -> list[UploadFile]:
-        files = _as_list(value)
+        # One file arrives as `image`, several as `image[]` (form_to_dict turns those into a list).
+        files = value if isinstance(value, list) else [value]
         if not all(isinstance(item, UploadFile) for item in files):
             raise ValueError("expected image file uploads (multipart/form-data)")
         return files
@@ -101,12 +89,6 @@ class CreateImageEditRequest(ImageOptions):
         if value is None or isinstance(value, UploadFile):
             return value
         raise ValueError("expected a PNG file upload (multipart/form-data)")
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 # Responses. stable-diffusion.cpp counts no tokens; streams still carry the usage OpenAI requires.

@@ -29,7 +29,8 @@ class ManagedModel(Model):
     size: int
     source: dict[str, Any]
     files: list[dict[str, Any]]
-    options: dict[str, Any]
+    options: dict[str, Any]  # stored with the model; `worker.options` are the ones in effect
+    keep_alive: float | None = None  # stored with the model, in seconds (negative = forever)
     worker: dict[str, Any] | None = None  # the loaded worker as the scheduler reports it
     expires_at: float | None = None  # when an idle loaded model unloads (unix seconds)
 
@@ -45,6 +46,10 @@ class LoadModelRequest(BaseModel):
     model_config = {"extra": "allow"}
 
     keep_alive: float | str | None = None
+
+
+class ConfigureModelRequest(LoadModelRequest):
+    """Body of PATCH /v1/models/{id}: engine options plus keep_alive to store; null clears one."""
 
 
 class PullModelRequest(BaseModel):

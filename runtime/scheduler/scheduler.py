@@ -52,6 +52,7 @@ class Slot:
     loading: asyncio.Future[WorkerProcess] | None = None
     load_options: EngineOptions | None = None  # per-load options, kept until the model unloads
     load_keep_alive: float | None = None
+    model_keep_alive: float | None = None  # stored with the model; refreshed on every request and load
     memory: int = 0  # estimate for the loaded worker
     waiting: int = 0  # admitted requests that have not started yet
     last_used: float = 0.0
@@ -134,7 +135,7 @@ class Scheduler:
         """Queue a request for `model` and proxy it to the model's worker once it is loaded."""
         record = self.registry.get(model)
         keep = None if keep_alive is None else parse_keep_alive(keep_alive)
-        slot = self._slot(record.name)
+        slot = self._slot(record)
         if slot.waiting >= self.settings.max_queue:
             raise QueueFullError(f"Too many requests are waiting for the model '{record.name}'. Retry shortly.",
                                  retry_after=RETRY_AFTER_S)
@@ -153,9 +154,10 @@ class Scheduler:
         return await asyncio.shield(slot.loading)
 
     def touch(self, slot: Slot, keep_alive: float | None) -> None:
-        """Restart the keep_alive clock: request value > per-load value > serve default."""
+        """Restart the keep_alive clock: request value > per-load value > the model's > serve default."""
         slot.last_used = time.time()
-        keep = next(k for k in (keep_alive, slot.load_keep_alive, self.settings.keep_alive) if k is not None)
+        layers = (keep_alive, slot.load_keep_alive, slot.model_keep_alive, self.settings.keep_alive)
+        keep = next(k for k in layers if k is not None)
         slot.expires_at = None if keep < 0 else slot.last_used + keep
 
     # Management
@@ -167,7 +169,7 @@ class Scheduler:
         if isinstance(options, dict):
             options = EngineOptions.from_dict(options)
         keep = None if keep_alive is None else parse_keep_alive(keep_alive)
-        slot = self._slot(record.name)
+        slot = self._slot(record)
         if slot.loading is not None:
             with contextlib.suppress(StackletError):
                 await asyncio.shield(slot.loading)
@@ -211,8 +213,10 @@ class Scheduler:
 
     # Internals
 
-    def _slot(self, name: str) -> Slot:
-        return self._slots.setdefault(name, Slot(name))
+    def _slot(self, record: ModelRecord) -> Slot:
+        slot = self._slots.setdefault(record.name, Slot(record.name))
+        slot.model_keep_alive = record.keep_alive
+        return slot
 
     def _spec(self, record: ModelRecord, load_options: EngineOptions | None) -> ModelSpec:
         """Engine options in effect: serve < stored with the model < this load."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,6 +12,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from runtime.config import Settings
+from runtime.errors import ConflictError
+from runtime.scheduler import state
 from runtime.server.auth import check_bind
 from runtime.server.errors import install_error_handlers
 from runtime.server.metrics import Metrics
@@ -64,8 +68,32 @@ def create_app(settings: Settings, *, scheduler: Any = None, registry: Registry 
 
 
 def run(settings: Settings) -> None:
-    """Serve in the foreground until interrupted (`python -m runtime`, `stacklet serve`)."""
+    """Serve in the foreground until interrupted (`python -m runtime`, `stacklet serve`).
+
+    The server publishes its own state record, however it was started, so `stacklet status`,
+    `stop` and `ps` find it.
+    """
     import uvicorn
 
+    _refuse_second_server(settings)
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10)
+    pid = os.getpid()
+    state.publish(settings.paths, pid, settings.host, settings.port)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it: exit through `finally`, not by the signal.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10)
+    finally:
+        state.retract(settings.paths, pid)
+
+
+def _exit_on_signal(signum: int, _: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _refuse_second_server(settings: Settings) -> None:
+    """Publishing over a live server's record would hide it from `stacklet stop`."""
+    running = state.read(settings.paths)
+    if running is not None and running.pid != os.getpid() and running.is_running():
+        raise ConflictError(f"A stacklet server is already running at {running.url} (pid {running.pid}). "
+                            "Stop it with `stacklet stop`.")

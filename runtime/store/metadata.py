@@ -67,9 +67,23 @@ def gguf_metadata(header: GGUFHeader, path: Path) -> dict[str, Any]:
         "context_length": header.arch_value("context_length"),
         "embedding_length": header.arch_value("embedding_length"),
         "block_count": header.arch_value("block_count"),
+        **_attention(header),
         "pooling": _POOLING.get(pooling, str(pooling)) if pooling is not None else None,
         "has_chat_template": bool(template),
         "chat_template": template,
+    }
+
+
+def _attention(header: GGUFHeader) -> dict[str, Any]:
+    """Head counts and sizes, for the KV-cache estimate: grouped-query attention caches fewer heads."""
+    heads = header.arch_value("attention.head_count")
+    embedding = header.arch_value("embedding_length")
+    head_size = embedding // heads if heads and embedding else None
+    return {
+        "head_count": heads,
+        "head_count_kv": header.arch_value("attention.head_count_kv") or heads,
+        "key_length": header.arch_value("attention.key_length") or head_size,
+        "value_length": header.arch_value("attention.value_length") or head_size,
     }
 
 

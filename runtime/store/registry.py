@@ -7,7 +7,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from runtime.config import Paths
 from runtime.engines.base import ModelSpec
 from runtime.engines.options import EngineOptions
 from runtime.errors import ConflictError, ModelNotFoundError
+from runtime.scheduler.keepalive import parse_keep_alive
 
 ENGINE_FOR_KIND = {
     "llm": "llama",
@@ -41,6 +42,7 @@ class ModelRecord:
     files: list[ModelFile] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
     options: EngineOptions = field(default_factory=EngineOptions)
+    keep_alive: float | None = None  # seconds idle before unloading (negative = forever); None = serve's
     engine: str = ""
     created: int = 0
 
@@ -60,6 +62,16 @@ class ModelRecord:
         merged = self.options.merge(options) if options else self.options
         return ModelSpec(self.name, self.kind, self.engine, files, dict(self.metadata), merged)
 
+    def configure(self, patch: dict[str, Any]) -> None:
+        """Apply a merge patch of engine options and keep_alive: a value sets a field, None clears it."""
+        patch = {name.replace("-", "_"): value for name, value in patch.items()}
+        keep_alive = patch.pop("keep_alive", self.keep_alive)
+        keep_alive = None if keep_alive is None else parse_keep_alive(keep_alive)
+        changes = EngineOptions.from_dict(patch)  # validates every name, including the ones being cleared
+        cleared = {name: None for name, value in patch.items() if value is None}
+        self.options = replace(self.options.merge(changes), **cleared)
+        self.keep_alive = keep_alive
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["options"] = self.options.as_dict()
@@ -76,6 +88,7 @@ CREATE TABLE IF NOT EXISTS models (
     files TEXT NOT NULL,
     metadata TEXT NOT NULL,
     options TEXT NOT NULL,
+    keep_alive REAL,
     created INTEGER NOT NULL
 );
 """
@@ -124,16 +137,19 @@ class Registry:
         verb = "INSERT OR REPLACE" if replace else "INSERT"
         try:
             with self._transaction() as conn:
-                conn.execute(f"{verb} INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _row(record))
+                conn.execute(f"{verb} INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _row(record))
         except sqlite3.IntegrityError:
             raise ConflictError(
                 f"A model named '{record.name}' already exists. Choose another with --name or remove it first."
             ) from None
 
-    def set_options(self, name: str, options: EngineOptions) -> ModelRecord:
-        record = self.get(name)
-        record.options = options
-        self.add(record, replace=True)
+    def configure(self, name: str, patch: dict[str, Any]) -> ModelRecord:
+        """Store engine options and keep_alive with a model (see `ModelRecord.configure`)."""
+        with self._transaction() as conn:
+            record = self.get(name)
+            record.configure(patch)
+            conn.execute("UPDATE models SET options = ?, keep_alive = ? WHERE name = ?",
+                         (json.dumps(record.options.as_dict()), record.keep_alive, record.name))
         return record
 
     def remove(self, name: str) -> ModelRecord:
@@ -155,12 +171,13 @@ def _row(record: ModelRecord) -> tuple[Any, ...]:
         json.dumps([asdict(f) for f in record.files]),
         json.dumps(record.metadata),
         json.dumps(record.options.as_dict()),
+        record.keep_alive,
         record.created,
     )
 
 
 def _record(row: tuple[Any, ...]) -> ModelRecord:
-    name, kind, engine, source, files, metadata, options, created = row
+    name, kind, engine, source, files, metadata, options, keep_alive, created = row
     return ModelRecord(
         name=name,
         kind=kind,
@@ -169,5 +186,6 @@ def _record(row: tuple[Any, ...]) -> ModelRecord:
         files=[ModelFile(**f) for f in json.loads(files)],
         metadata=json.loads(metadata),
         options=EngineOptions.from_dict(json.loads(options)),
+        keep_alive=keep_alive,
         created=created,
     )

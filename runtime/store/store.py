@@ -158,7 +158,7 @@ class Store:
         )
         previous = self.registry.find(name)
         if previous:
-            record.options = previous.options
+            record.options, record.keep_alive = previous.options, previous.keep_alive
         self.registry.add(record, replace=previous is not None)
         if previous:
             still_used = [f.path for other in self.registry.list() for f in other.files]

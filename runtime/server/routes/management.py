@@ -1,4 +1,4 @@
-"""The management API under /v1/models: list with state, get, pull, delete, load, unload.
+"""The management API under /v1/models: list with state, get, pull, configure, delete, load, unload.
 
 Its list is a superset of OpenAI's, so an OpenAI client pointed at /v1 still lists models.
 """
@@ -17,7 +17,13 @@ from starlette.concurrency import run_in_threadpool
 
 from runtime.engines.options import EngineOptions
 from runtime.errors import InvalidRequestError
-from runtime.protocol.models import LoadModelRequest, ManagedModel, ManagedModelList, PullModelRequest
+from runtime.protocol.models import (
+    ConfigureModelRequest,
+    LoadModelRequest,
+    ManagedModel,
+    ManagedModelList,
+    PullModelRequest,
+)
 from runtime.scheduler.keepalive import parse_keep_alive
 from runtime.server.auth import require_api_key
 from runtime.server.errors import JSON_PARSE_MESSAGE
@@ -43,6 +49,8 @@ def create_router() -> APIRouter:
     router.add_api_route("/{model_id:path}/unload", unload_model, methods=["POST"], operation_id="unloadModel")
     router.add_api_route("/{model_id:path}", get_model, methods=["GET"], operation_id="getManagedModel",
                          response_model=ManagedModel)
+    router.add_api_route("/{model_id:path}", configure_model, methods=["PATCH"], operation_id="configureModel",
+                         response_model=ManagedModel, openapi_extra=request_body(ConfigureModelRequest))
     router.add_api_route("/{model_id:path}", delete_model, methods=["DELETE"], operation_id="deleteModel")
     return router
 
@@ -64,6 +72,12 @@ async def load_model(request: Request, model_id: str) -> ManagedModel:
     keep_alive = None if keep_alive is None else parse_keep_alive(keep_alive)
     options = EngineOptions.from_dict(body)
     await request.app.state.scheduler.load(record.name, options=options, keep_alive=keep_alive)
+    return managed_model(record, _workers(request).get(record.name))
+
+
+async def configure_model(request: Request, model_id: str) -> ManagedModel:
+    """Store options with the model; a loaded worker keeps the ones it has until it reloads."""
+    record = request.app.state.registry.configure(model_id, await read_json(request))
     return managed_model(record, _workers(request).get(record.name))
 
 
@@ -148,6 +162,6 @@ def managed_model(record: ModelRecord, worker: dict[str, Any] | None) -> Managed
     return ManagedModel(
         **openai_model(record, worker).model_dump(),
         state=state, kind=record.kind, engine=record.engine, size=record.size, source=record.source,
-        files=[asdict(f) for f in record.files], options=record.options.as_dict(),
+        files=[asdict(f) for f in record.files], options=record.options.as_dict(), keep_alive=record.keep_alive,
         worker=worker, expires_at=(worker or {}).get("expires_at"),
     )
