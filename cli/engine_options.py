@@ -23,6 +23,9 @@ CacheTypeKOption = typer.Option(None, "--cache-type-k", help="KV cache type for 
 CacheTypeVOption = typer.Option(None, "--cache-type-v", help="KV cache type for V, e.g. f16, q8_0.")
 ThreadsOption = typer.Option(None, "--threads", help="CPU threads per model.")
 NoMmapOption = typer.Option(False, "--no-mmap", help="Read weights into memory instead of mapping them.")
+VaeTilingOption = typer.Option(False, "--vae-tiling", help="Images: decode in tiles to save memory.")
+ClipOnCpuOption = typer.Option(False, "--clip-on-cpu", help="Images: keep the text encoders on the CPU.")
+VaeOnCpuOption = typer.Option(False, "--vae-on-cpu", help="Images: keep the VAE on the CPU.")
 
 
 def given(values: dict[str, Any]) -> dict[str, Any]:

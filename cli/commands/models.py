@@ -135,7 +135,7 @@ def list_models(as_json: bool = JsonOption) -> None:
     """List the models in the store.
 
     --json prints an array of model records: {name, kind, engine, size, source, files: [{role, path, size,
-    sha256}], metadata, options, created}.
+    sha256}], metadata, options, keep_alive, created}.
     """
     records = _store().list()
     if as_json:
@@ -161,7 +161,8 @@ def show(name: str = NameArgument, as_json: bool = JsonOption) -> None:
 
     --json prints the model record: {name, kind, engine, size, source, files: [{role, path, size, sha256,
     local_path}], metadata (GGUF: architecture, parameters, quantization, context_length, embedding_length,
-    pooling, has_chat_template, chat_template, ...), options, created}.
+    pooling, head_count, head_count_kv, has_chat_template, chat_template, ...), options, keep_alive (seconds,
+    negative = forever, null = the server's), created}.
     """
     store = _store()
     record = store.get(name)
@@ -235,6 +236,9 @@ def set_options(
     cache_type_v: str | None = engine_options.CacheTypeVOption,
     threads: int | None = engine_options.ThreadsOption,
     no_mmap: bool = engine_options.NoMmapOption,
+    vae_tiling: bool = engine_options.VaeTilingOption,
+    clip_on_cpu: bool = engine_options.ClipOnCpuOption,
+    vae_on_cpu: bool = engine_options.VaeOnCpuOption,
     keep_alive: str | None = typer.Option(None, "--keep-alive", help="How long the model stays loaded when idle: "
                                           "seconds or 30s/5m/1h; negative = forever."),
     unset: list[str] | None = UnsetOption,

@@ -49,6 +49,9 @@ def serve(
     cache_type_v: str | None = engine_options.CacheTypeVOption,
     threads: int | None = engine_options.ThreadsOption,
     no_mmap: bool = engine_options.NoMmapOption,
+    vae_tiling: bool = engine_options.VaeTilingOption,
+    clip_on_cpu: bool = engine_options.ClipOnCpuOption,
+    vae_on_cpu: bool = engine_options.VaeOnCpuOption,
 ) -> None:
     """Serve every local model through the OpenAI-compatible API (foreground unless -d)."""
     from runtime.scheduler.keepalive import parse_keep_alive
