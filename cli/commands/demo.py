@@ -22,7 +22,7 @@ class DemoModel:
     name: str
     kind: str
     locate: Callable[[], tuple[Path, list[str] | None]]  # (path to import, files to pick)
-    tests: tuple[str, ...]  # `stacklet test` subcommands to run on it
+    tests: tuple[str, ...]  # `stacklet test` subcommands (with options) to run on it
     defaults: tuple[tuple[str, object], ...] = ()  # per-model request defaults stored in its metadata
 
 
@@ -64,7 +64,7 @@ MODELS = (
     DemoModel("whisper-tiny.en", "transcription", _whisper, ("transcriptions",)),
 )
 # Noise weights: one small step is as good as fifty, and keeps the demo fast on a CPU.
-IMAGE_MODEL = DemoModel("sd15-random", "image", _sd15, ("images", "image-edit"),
+IMAGE_MODEL = DemoModel("sd15-random", "image", _sd15, ("images --size 256x256", "image-edit --size 256x256"),
                         (("steps", 1), ("cfg_scale", 1.0), ("size", "256x256")))
 
 
@@ -119,5 +119,6 @@ def _start_server(port: int) -> None:
 
 def _run_test(command: str, model: str) -> bool:
     """Each smoke test runs as its own `stacklet test` process so its table prints as usual."""
-    code = subprocess.call([sys.executable, "-m", "cli", "test", command, model])
+    name, *options = command.split()
+    code = subprocess.call([sys.executable, "-m", "cli", "test", name, model, *options])
     return code == 0
