@@ -66,8 +66,9 @@ class BatchEngine:
 
     def _new_context(self, options: EngineOptions, n_ctx_train: int) -> Any:
         params = ll.llama_context_default_params()
-        # llama-cpp-python's defaults: half the cores per token (spinning threads on a busy
-        # machine cost more than they bring), all of them for batches.
+        # llama-cpp-python's defaults. More threads for one-token steps would be faster, but then
+        # llama.cpp splits attention over the cache by thread, and a seeded sample would depend
+        # on how full the cache is; steps of several tokens split by token and stay exact.
         cores = os.cpu_count() or 1
         params.n_threads = options.threads or max(1, cores // 2)
         params.n_threads_batch = options.threads or cores
@@ -156,10 +157,7 @@ class BatchEngine:
         self._inbox.put(request)
         finished = False
         try:
-            while (event := _next_event(request.events, cancel)) is not DONE:
-                if isinstance(event, Exception):
-                    raise event
-                yield event
+            yield from _deltas(request.events, cancel)
             finished = True
         finally:
             if not finished:
@@ -223,6 +221,27 @@ class BatchEngine:
             except queue.Empty:
                 pass
             self._worker.step()
+
+
+def _deltas(events: queue.SimpleQueue, cancel: threading.Event) -> Iterator[TextDelta]:
+    """A request's deltas until it is done. Deltas that queued up while the caller was busy are
+    merged, so a loaded server sends fewer, larger chunks instead of falling further behind."""
+    held: Any = None
+    while True:
+        event = held if held is not None else _next_event(events, cancel)
+        held = None
+        if event is DONE:
+            return
+        if isinstance(event, Exception):
+            raise event
+        while event.finish_reason is None and not events.empty():
+            later = events.get_nowait()
+            if not isinstance(later, TextDelta) or later.index != event.index:
+                held = later
+                break
+            event = TextDelta(event.index, event.text + later.text, event.logprobs + later.logprobs,
+                              later.finish_reason)
+        yield event
 
 
 def _next_event(events: queue.SimpleQueue, cancel: threading.Event) -> Any:

@@ -21,7 +21,7 @@ from runtime.engines.base import SamplingParams, TextDelta, TokenLogprob, Usage
 from runtime.engines.llama import StopScanner
 from runtime.errors import InvalidRequestError
 
-DONE = None  # the event that ends a request's stream
+DONE = "done"  # the event that ends a request's stream
 
 
 class SamplerChain:
