@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from runtime.engines.base import SamplingParams, Usage
-from runtime.engines.llama import llama_kwargs
+from runtime.engines.base import ModelSpec, SamplingParams, Usage
+from runtime.engines.llama import LlamaEngine
 from runtime.engines.options import EngineOptions
 from runtime.errors import InvalidRequestError
 
@@ -92,17 +93,20 @@ def test_engine_info_and_capabilities(smollm_engine: Any, minilm_engine: Any) ->
     assert minilm_engine.info()["context_length"] == 512 and minilm_engine.info()["embedding_length"] == 384
 
 
-def test_options_map_to_llama_arguments() -> None:
-    options = EngineOptions.from_dict({"n_gpu_layers": "12", "main_gpu": 1, "tensor_split": "1,3",
-                                       "split_mode": "row", "flash_attn": "on", "threads": 2,
-                                       "cache_type_k": "q8_0", "cache_type_v": "f16", "no_mmap": True})
-    kwargs = llama_kwargs(options, 4096, embedding=False)
-    assert kwargs["n_gpu_layers"] == 12 and kwargs["main_gpu"] == 1 and kwargs["tensor_split"] == [1.0, 3.0]
-    assert kwargs["split_mode"] == 2 and kwargs["flash_attn"] is True and kwargs["n_threads"] == 2
-    assert kwargs["use_mmap"] is False and kwargs["n_ctx"] == 4096
-    assert kwargs["type_k"] == 8 and kwargs["type_v"] == 1  # GGML_TYPE_Q8_0, GGML_TYPE_F16
-    assert llama_kwargs(EngineOptions.from_dict({"n_gpu_layers": "all"}), 512, True)["n_gpu_layers"] == -1
-    assert llama_kwargs(EngineOptions(), 512, True)["n_ubatch"] == 512
+def test_engine_options_reach_llama_cpp(smollm_gguf: Path) -> None:
+    import llama_cpp.llama_cpp as ll
+
+    options = EngineOptions.from_dict({"ctx_size": 1024, "parallel": 2, "threads": 1, "n_gpu_layers": "0",
+                                       "cache_type_k": "q8_0", "flash_attn": "off", "no_mmap": True})
+    spec = ModelSpec("smol", "llm", "llama", {"model": smollm_gguf}, {}, options)
+    engine = LlamaEngine(spec)
+    try:
+        context = engine._batch._ctx
+        assert ll.llama_n_ctx(context) == 1024 and engine.context_length == 1024
+        assert ll.llama_n_threads(context) == 1 and engine._batch.parallel == 2
+        assert run(engine, SamplingParams(max_tokens=4, temperature=0), n=1)[0][0]  # still generates
+    finally:
+        engine.close()
 
 
 def test_a_grammar_llama_cpp_rejects_is_a_client_error(smollm_engine: Any) -> None:

@@ -16,11 +16,9 @@ from typing import Any
 
 from runtime.engines.base import ModelSpec, SamplingParams, TextDelta, Usage
 from runtime.engines.chat_template import ChatTemplate
-from runtime.engines.options import EngineOptions
 from runtime.errors import InvalidRequestError
 
 DEFAULT_CTX = 8192
-SPLIT_MODES = {"none": 0, "layer": 1, "row": 2}
 
 
 class StopScanner:
@@ -50,38 +48,6 @@ class StopScanner:
             if any(s.startswith(text[-size:]) for s in self.stops):
                 return size
         return 0
-
-
-def llama_kwargs(options: EngineOptions, n_ctx: int, embedding: bool) -> dict[str, Any]:
-    """Llama() keyword arguments for the engine options that are set."""
-    import llama_cpp
-
-    layers = options.n_gpu_layers or "auto"
-    if layers == "auto":
-        layers = "all" if llama_cpp.llama_supports_gpu_offload() else "0"
-    kwargs: dict[str, Any] = {
-        "n_ctx": n_ctx,
-        "n_gpu_layers": -1 if layers == "all" else int(layers),
-        "embedding": embedding,
-        "use_mmap": not options.no_mmap,
-        "flash_attn": options.flash_attn == "on",  # this binding takes a bool: "auto" means off
-        "verbose": False,
-    }
-    if embedding:  # non-causal models must see each input in one micro-batch
-        kwargs.update(n_batch=n_ctx, n_ubatch=n_ctx)
-    if options.main_gpu is not None:
-        kwargs["main_gpu"] = options.main_gpu
-    if options.tensor_split:
-        kwargs["tensor_split"] = list(options.tensor_split)
-    if options.split_mode:
-        kwargs["split_mode"] = SPLIT_MODES[options.split_mode]
-    if options.threads:
-        kwargs.update(n_threads=options.threads, n_threads_batch=options.threads)
-    for name in ("cache_type_k", "cache_type_v"):
-        value = getattr(options, name)
-        if value:
-            kwargs["type_" + name[-1]] = getattr(llama_cpp, "GGML_TYPE_" + value.upper())
-    return kwargs
 
 
 class LlamaEngine:
