@@ -3,67 +3,25 @@ by its own worker process, driven by the official openai client."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+from serverproc import local_record, server_process
 
 from runtime import media
-from runtime.config import Settings
-from runtime.store.keys import KeyStore
-from runtime.store.registry import ModelFile, ModelRecord, Registry
 
 FOX = Path(__file__).parent / "data" / "quick-brown-fox.wav"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def register(registry: Registry, name: str, kind: str, files: dict[str, Path]) -> None:
-    model_files = [ModelFile(role, str(path), path.stat().st_size) for role, path in files.items()]
-    registry.add(ModelRecord(name=name, kind=kind, source={"type": "local"}, files=model_files))
-
-
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory, piper_voice: Path, whisper_dir: Path) -> Iterator[openai.OpenAI]:
-    home = tmp_path_factory.mktemp("audio-e2e")
-    env = {**os.environ, "STACKLET_HOME": str(home)}
-    paths = Settings.load(environ=env).paths
-    registry = Registry(paths)
-    register(registry, "joe", "speech", {"model": piper_voice, "config": Path(f"{piper_voice}.json")})
-    register(registry, "tiny.en", "transcription", {"model": whisper_dir / "model.bin"})  # as `pull` records it
-    key, _ = KeyStore(paths).create("audio-e2e")
-    port = free_port()
-    with (home / "server.log").open("w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "runtime", "--port", str(port)], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
-        try:
-            wait_healthy(f"http://127.0.0.1:{port}", process)
-            yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-
-
-def wait_healthy(root: str, process: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
-        assert process.poll() is None, "server exited during start-up"
-        try:
-            if httpx.get(f"{root}/health").status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise AssertionError("server did not become healthy")
+    records = [local_record("joe", "speech", {"model": piper_voice, "config": Path(f"{piper_voice}.json")}),
+               local_record("tiny.en", "transcription", {"model": whisper_dir / "model.bin"})]  # as `pull` records it
+    with server_process(tmp_path_factory.mktemp("audio-e2e"), records) as (root, key):
+        yield openai.OpenAI(base_url=f"{root}/v1", api_key=key, max_retries=0)
 
 
 def test_speech_round_trips_through_transcription(client):

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from serverproc import free_port
 
 from cli.client import local_openai_target
 from runtime.config import Settings
@@ -32,10 +33,6 @@ def stacklet(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]
     return result
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def gone(pid: int) -> bool:

@@ -4,11 +4,6 @@ SD 1.5 checkpoint, and the image URL served back by the server behind its auth."
 from __future__ import annotations
 
 import io
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,10 +11,7 @@ import httpx
 import openai
 import pytest
 from PIL import Image
-
-from runtime.config import Settings
-from runtime.store.keys import KeyStore
-from runtime.store.registry import ModelFile, ModelRecord, Registry
+from serverproc import local_record, server_process
 
 MODEL = "sd15-random"
 
@@ -27,34 +19,10 @@ MODEL = "sd15-random"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, sd15_checkpoint: Path, taesd: Path) -> Iterator[tuple[str, str]]:
     """(root URL, API key) of a running server with the image model registered."""
-    home = tmp_path_factory.mktemp("images-e2e")
-    env = {**os.environ, "STACKLET_HOME": str(home)}
-    paths = Settings.load(environ=env).paths
-    files = [ModelFile("model", str(sd15_checkpoint), sd15_checkpoint.stat().st_size),
-             ModelFile("taesd", str(taesd), taesd.stat().st_size)]
-    Registry(paths).add(ModelRecord(name=MODEL, kind="image", source={"type": "local"}, files=files,
-                                    metadata={"family": "sd1", "steps": 1, "cfg_scale": 1.0, "size": "256x256"}))
-    key, _ = KeyStore(paths).create("images-e2e")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = (home / "server.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "runtime", "--port", str(port)], env=env,
-                               stdout=log, stderr=subprocess.STDOUT)
-    root = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            assert process.poll() is None, "server exited during start-up"
-            try:
-                if httpx.get(f"{root}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        yield root, key
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-        log.close()
+    record = local_record(MODEL, "image", {"model": sd15_checkpoint, "taesd": taesd},
+                          metadata={"family": "sd1", "steps": 1, "cfg_scale": 1.0, "size": "256x256"})
+    with server_process(tmp_path_factory.mktemp("images-e2e"), [record]) as running:
+        yield running
 
 
 def test_generate_url_through_the_server_and_fetch_it_with_the_key(server: tuple[str, str]) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from serverproc import free_port
 
 from runtime.config import Settings
 from runtime.engines.options import EngineOptions
@@ -35,10 +35,6 @@ def stacklet(*args: str) -> subprocess.CompletedProcess[str]:
                           env=os.environ.copy())
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def register_fake(name: str) -> Registry:

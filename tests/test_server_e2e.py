@@ -3,10 +3,6 @@ fake engine (plumbing only), driven by the official openai client."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,55 +10,21 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from serverproc import server_process
 
-from runtime.config import Settings
-from runtime.store.keys import KeyStore
-from runtime.store.registry import ModelRecord, Registry
+from runtime.store.registry import ModelRecord
 
 FAKES = {"fake-llm": "llm", "fake-tts": "speech", "fake-whisper": "transcription"}
 FOX_WAV = Path(__file__).parent / "data" / "quick-brown-fox.wav"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """(root URL, API key) of a running server with fake models registered."""
-    home = tmp_path_factory.mktemp("e2e-home")
-    env = {**os.environ, "STACKLET_HOME": str(home)}
-    paths = Settings.load(environ=env).paths
-    registry = Registry(paths)
-    for name, kind in FAKES.items():
-        registry.add(ModelRecord(name=name, kind=kind, source={"type": "fake"}, engine="fake"))
-    key, _ = KeyStore(paths).create("e2e")
-    port = free_port()
-    log = (home / "server.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "runtime", "--port", str(port)], env=env,
-                               stdout=log, stderr=subprocess.STDOUT)
-    root = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(root, process)
-        yield root, key
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
-    assert key not in (home / "server.log").read_text()  # keys never reach the log
-
-
-def wait_healthy(root: str, process: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
-        assert process.poll() is None, "server exited during start-up"
-        try:
-            if httpx.get(f"{root}/health").status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise AssertionError("server did not become healthy")
+    records = [ModelRecord(name=name, kind=kind, source={"type": "fake"}, engine="fake")
+               for name, kind in FAKES.items()]
+    with server_process(tmp_path_factory.mktemp("e2e-home"), records) as running:
+        yield running
 
 
 def client(server: tuple[str, str], prefix: str = "/v1") -> openai.OpenAI:
