@@ -52,3 +52,21 @@ def test_smoke_tests_through_the_server(env: dict[str, str]) -> None:
         result = stacklet(env, "test", command, model, "--json")
         assert result.returncode == 0, result.stdout + result.stderr
         assert json.loads(result.stdout)["ok"]
+
+
+def test_ps_and_metrics_show_the_batch_engine(env: dict[str, str]) -> None:
+    import httpx
+
+    from runtime.config import Settings
+    from runtime.store.keys import admin_key
+
+    assert stacklet(env, "chat", CHAT, "Hi", "--max-tokens", "4").returncode == 0
+    workers = {w["model"]: w for w in json.loads(stacklet(env, "ps", "--json").stdout)}
+    engine = workers[CHAT]["engine"]
+    assert engine["kv_cells_total"] == 8192 and "active_sequences" in engine  # as of the last status poll
+    assert "% of 8192" in stacklet({**env, "COLUMNS": "200"}, "ps").stdout
+    paths = Settings.load(environ=env).paths
+    metrics = httpx.get(f"http://127.0.0.1:{env['STACKLET_PORT']}/metrics",
+                        headers={"Authorization": f"Bearer {admin_key(paths)}"}).text
+    assert f'stacklet_kv_cells_total{{model="{CHAT}"}} 8192' in metrics
+    assert f'stacklet_active_sequences{{model="{CHAT}"}}' in metrics

@@ -114,12 +114,20 @@ def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> Non
     now = time.time()
     rows = [
         [w["model"], w["state"], w["pid"], output.human_size(w.get("rss") or w.get("memory")),
-         w.get("queue_depth", 0), f"{w.get('active', 0)}/{w.get('parallel', 1)}",
+         w.get("queue_depth", 0), f"{w.get('active', 0)}/{w.get('parallel', 1)}", _kv_use(w),
          _unloads_in(w, now),
          " ".join(f"{k}={v}" for k, v in sorted(w.get("options", {}).items()))]
         for w in workers
     ]
-    output.table(["model", "state", "pid", "memory", "queue", "active", "unloads in", "options"], rows)
+    output.table(["model", "state", "pid", "memory", "queue", "active", "kv cache", "unloads in", "options"], rows)
+
+
+def _kv_use(worker: dict[str, Any]) -> str:
+    """KV cache cells in use, for text models (the batching engine reports them)."""
+    engine = worker.get("engine", {})
+    if not engine.get("kv_cells_total"):
+        return ""
+    return f"{engine['kv_cells_used'] * 100 // engine['kv_cells_total']}% of {engine['kv_cells_total']}"
 
 
 # The background process

@@ -46,7 +46,20 @@ class Metrics:
                          ((_labels(model=w["model"]), w.get("queue_depth", 0)) for w in workers))
         lines += _family("stacklet_models_loaded", "gauge", "Models with a running worker.",
                          [("", len(workers))])
+        for key, help_text in ENGINE_GAUGES.items():
+            lines += _family(f"stacklet_{key}", "gauge", help_text,
+                             ((_labels(model=w["model"]), w["engine"][key]) for w in workers
+                              if key in w.get("engine", {})))
         return "\n".join(lines) + "\n"
+
+
+# What a text worker's batching engine reports (as of the scheduler's last look at the worker).
+ENGINE_GAUGES = {
+    "active_sequences": "Sequences generating in each text model's batch.",
+    "waiting_requests": "Requests admitted by a text model but waiting for KV cache room.",
+    "kv_cells_used": "KV cache cells in use, per text model.",
+    "kv_cells_total": "KV cache cells, per text model.",
+}
 
 
 def _tokens(scheduler_metrics: dict[str, Any]) -> Iterable[tuple[str, str, int]]:
