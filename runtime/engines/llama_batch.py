@@ -66,12 +66,8 @@ class BatchEngine:
 
     def _new_context(self, options: EngineOptions, n_ctx_train: int) -> Any:
         params = ll.llama_context_default_params()
-        # llama-cpp-python's defaults. More threads for one-token steps would be faster, but then
-        # llama.cpp splits attention over the cache by thread, and a seeded sample would depend
-        # on how full the cache is; steps of several tokens split by token and stay exact.
-        cores = os.cpu_count() or 1
-        params.n_threads = options.threads or max(1, cores // 2)
-        params.n_threads_batch = options.threads or cores
+        # llama-server's default: one thread per physical core, for one-token steps and prompts alike
+        params.n_threads = params.n_threads_batch = options.threads or physical_cores()
         params.flash_attn_type = FLASH_ATTN[options.flash_attn or "auto"]
         params.type_k = CACHE_TYPES[options.cache_type_k or "f16"]
         params.type_v = CACHE_TYPES[options.cache_type_v or "f16"]
@@ -252,6 +248,13 @@ def _next_event(events: queue.SimpleQueue, cancel: threading.Event) -> Any:
         except queue.Empty:
             pass
     return DONE
+
+
+def physical_cores() -> int:
+    """Cores without their SMT siblings, counted the way llama.cpp's own tools count them."""
+    siblings = {path.read_text().strip()
+                for path in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/topology/thread_siblings")}
+    return len(siblings) or os.cpu_count() or 1
 
 
 def _load_model(path: Path, options: EngineOptions) -> Any:

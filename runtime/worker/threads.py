@@ -17,12 +17,19 @@ DISCONNECT_POLL_S = 0.25
 
 async def stream_in_thread(produce: Callable[[], Iterator[T]], cancel: threading.Event) -> AsyncIterator[T]:
     """Items of `produce()` as they come. The iterator runs to its end in its own thread (so the engine
-    always releases what it holds); closing this generator early sets `cancel` to make that end soon."""
+    always releases what it holds); closing this generator early sets `cancel` to make that end soon.
+    Items that arrive while the event loop is busy are taken together: one loop wake-up, not one each."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
+    ready = asyncio.Event()
+    lock = threading.Lock()
+    items: list[Any] = []
 
     def put(item: Any) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, item)
+        with lock:
+            items.append(item)
+            if len(items) > 1:  # the first of them already woke the consumer
+                return
+        loop.call_soon_threadsafe(ready.set)
 
     def run() -> None:
         try:
@@ -34,10 +41,18 @@ async def stream_in_thread(produce: Callable[[], Iterator[T]], cancel: threading
 
     threading.Thread(target=run, name="engine-stream", daemon=True).start()
     try:
-        while (item := await queue.get()) is not _END:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        while True:
+            await ready.wait()
+            ready.clear()
+            with lock:
+                batch = items[:]
+                items.clear()
+            for item in batch:
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
     finally:
         cancel.set()
 
