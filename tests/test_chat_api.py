@@ -258,17 +258,19 @@ def test_client_disconnect_frees_the_engine(base_url: str, client: openai.OpenAI
 
 
 def test_sdk_parse_with_a_nested_pydantic_model(client: openai.OpenAI) -> None:
-    from pydantic import BaseModel
+    from pydantic import BaseModel, Field
 
+    # Bounded strings and lists: the grammar then guarantees the answer fits in max_tokens, whatever
+    # a tiny model would ramble (its greedy choices can flip between runs at near-ties).
     class City(BaseModel):
-        name: str
-        country: str
+        name: str = Field(max_length=16)
+        country: str = Field(max_length=16)
 
     class Trip(BaseModel):
-        cities: list[City]
+        cities: list[City] = Field(min_length=1, max_length=2)
         days: int
 
     result = client.chat.completions.parse(model=MODEL, messages=[{"role": "user", "content": "Plan a trip."}],
-                                           response_format=Trip, max_tokens=120, temperature=0)
+                                           response_format=Trip, max_tokens=200, temperature=0)
     trip = result.choices[0].message.parsed
     assert isinstance(trip, Trip) and all(isinstance(c, City) for c in trip.cities)
