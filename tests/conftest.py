@@ -78,6 +78,14 @@ def live_server() -> Iterator[Callable[[Any], str]]:
         thread.join(timeout=10)
 
 
+@pytest.fixture
+def client(base_url: str) -> Any:
+    """The official openai client on the module's `base_url` fixture."""
+    import openai
+
+    return openai.OpenAI(base_url=base_url, api_key="none", max_retries=0)
+
+
 @pytest.fixture(scope="session")
 def smollm_engine(smollm_gguf: Path) -> Iterator[Any]:
     """A real LlamaEngine on SmolLM2-135M-Instruct, shared by the text tests."""

@@ -44,11 +44,6 @@ def base_url(engine: PiperEngine, live_server: Any) -> str:
     return live_server(speech_app(engine)) + "/v1"
 
 
-@pytest.fixture
-def client(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key="none", max_retries=0)
-
-
 def duration(data: bytes, response_format: str) -> float:
     return media.probe_audio(data, response_format).duration
 

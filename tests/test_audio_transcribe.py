@@ -51,11 +51,6 @@ def base_url(engine: WhisperEngine, live_server: Any) -> str:
     return live_server(transcription_app(engine)) + "/v1"
 
 
-@pytest.fixture
-def client(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key="none", max_retries=0)
-
-
 def words_of(text: str) -> list[str]:
     return re.findall(r"[a-z]+", text.lower())
 

@@ -36,11 +36,6 @@ def base_url(live_server: Any, text_app: Any, smollm_engine: Any) -> str:
     return live_server(text_app(smollm_engine)) + "/v1"
 
 
-@pytest.fixture
-def client(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key="none", max_retries=0)
-
-
 def recorded_chunks(name: str) -> list[dict[str, Any]]:
     lines = (STREAMS / name).read_text().splitlines()
     return [json.loads(line[6:]) for line in lines if line.startswith("data: {")]

@@ -18,11 +18,6 @@ def base_url(live_server: Any, text_app: Any, smollm_engine: Any) -> str:
     return live_server(text_app(smollm_engine)) + "/v1"
 
 
-@pytest.fixture
-def client(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key="none", max_retries=0)
-
-
 def test_text_prompt_shape_and_usage(client: openai.OpenAI) -> None:
     result = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=6, temperature=0)
     assert result.object == "text_completion" and result.model == MODEL

@@ -20,11 +20,6 @@ def base_url(live_server: Any, text_app: Any, minilm_engine: Any) -> str:
     return live_server(text_app(minilm_engine)) + "/v1"
 
 
-@pytest.fixture
-def client(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key="none", max_retries=0)
-
-
 def vectors(result: Any) -> np.ndarray:
     return np.array([d.embedding for d in result.data])
 
