@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,6 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from PIL import Image, ImageDraw
 
@@ -35,12 +32,6 @@ MODEL = "sd15-test"
 SIZE = 256
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def build_app(engine: Any, settings: Settings) -> FastAPI:
     """What a worker serves plus the server's file route, in one app."""
     app = FastAPI()
@@ -52,7 +43,8 @@ def build_app(engine: Any, settings: Settings) -> FastAPI:
 
 
 @pytest.fixture(scope="module")
-def served(sd15_checkpoint: Path, taesd: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def served(sd15_checkpoint: Path, taesd: Path, tmp_path_factory: pytest.TempPathFactory,
+           live_server: Any) -> Iterator[dict[str, Any]]:
     home = tmp_path_factory.mktemp("images-home")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("STACKLET_HOME", str(home))
@@ -60,19 +52,9 @@ def served(sd15_checkpoint: Path, taesd: Path, tmp_path_factory: pytest.TempPath
         spec = ModelSpec(MODEL, "image", "diffusion", {"model": sd15_checkpoint, "taesd": taesd},
                          metadata={"steps": 1, "cfg_scale": 1.0, "size": f"{SIZE}x{SIZE}"})
         engine = DiffusionEngine(spec)
-        app = build_app(engine, settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}/v1"
+        url = live_server(build_app(engine, settings)) + "/v1"
     yield {"url": url, "engine": engine, "settings": settings,
            "client": openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)}
-    server.should_exit = True
-    thread.join(timeout=60)
     engine.close()
 
 

@@ -4,26 +4,20 @@ cancellation when the client goes away."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
-import uvicorn
-from fastapi import FastAPI
+from test_images import build_app
 from typer.testing import CliRunner
 
 from cli.app import app as cli_app
 from runtime.config import Settings
 from runtime.engines.base import ModelSpec
 from runtime.engines.fake import FakeEngine
-from runtime.server.errors import install_error_handlers
-from runtime.server.routes import files
-from runtime.worker import images
 
 
 @pytest.fixture
@@ -32,25 +26,8 @@ def engine() -> FakeEngine:
 
 
 @pytest.fixture
-def base_url(stacklet_home: Path, engine: FakeEngine) -> Iterator[str]:
-    settings = Settings.load({"auth": False})
-    app = FastAPI()
-    app.state.settings = settings
-    install_error_handlers(app)
-    app.include_router(images.create_router(engine))
-    app.include_router(files.create_router(settings))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(timeout=60)
+def base_url(stacklet_home: Path, engine: FakeEngine, live_server: Any) -> str:
+    return live_server(build_app(engine, Settings.load({"auth": False}))) + "/v1"
 
 
 @pytest.mark.parametrize(("command", "saved"), [
