@@ -28,7 +28,7 @@ from runtime.scheduler.keepalive import parse_keep_alive
 from runtime.server.auth import require_api_key
 from runtime.server.errors import JSON_PARSE_MESSAGE
 from runtime.server.openapi import ERROR_RESPONSES, request_body, success_response
-from runtime.server.routes.openai import openai_model
+from runtime.server.routes.openai import openai_model, workers_by_model
 from runtime.server.sse import sse_response
 from runtime.store.registry import ModelRecord
 from runtime.store.store import Store
@@ -56,13 +56,13 @@ def create_router() -> APIRouter:
 
 
 async def list_models(request: Request) -> ManagedModelList:
-    workers = _workers(request)
+    workers = workers_by_model(request)
     return ManagedModelList(data=[managed_model(r, workers.get(r.name)) for r in request.app.state.registry.list()])
 
 
 async def get_model(request: Request, model_id: str) -> ManagedModel:
     record = request.app.state.registry.get(model_id)
-    return managed_model(record, _workers(request).get(record.name))
+    return managed_model(record, workers_by_model(request).get(record.name))
 
 
 async def load_model(request: Request, model_id: str) -> ManagedModel:
@@ -72,13 +72,13 @@ async def load_model(request: Request, model_id: str) -> ManagedModel:
     keep_alive = None if keep_alive is None else parse_keep_alive(keep_alive)
     options = EngineOptions.from_dict(body)
     await request.app.state.scheduler.load(record.name, options=options, keep_alive=keep_alive)
-    return managed_model(record, _workers(request).get(record.name))
+    return managed_model(record, workers_by_model(request).get(record.name))
 
 
 async def configure_model(request: Request, model_id: str) -> ManagedModel:
     """Store options with the model; a loaded worker keeps the ones it has until it reloads."""
     record = request.app.state.registry.configure(model_id, await read_json(request))
-    return managed_model(record, _workers(request).get(record.name))
+    return managed_model(record, workers_by_model(request).get(record.name))
 
 
 async def unload_model(request: Request, model_id: str) -> dict[str, Any]:
@@ -151,10 +151,6 @@ async def read_json(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidRequestError(JSON_PARSE_MESSAGE)
     return data
-
-
-def _workers(request: Request) -> dict[str, dict[str, Any]]:
-    return {worker["model"]: worker for worker in request.app.state.scheduler.status()}
 
 
 def managed_model(record: ModelRecord, worker: dict[str, Any] | None) -> ManagedModel:

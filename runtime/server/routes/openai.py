@@ -153,16 +153,16 @@ def _set_header(request: Request, name: bytes, value: str | bytes) -> None:
 
 
 async def list_models(request: Request) -> ModelList:
-    workers = _workers_by_model(request)
+    workers = workers_by_model(request)
     return ModelList(data=[openai_model(r, workers.get(r.name)) for r in request.app.state.registry.list()])
 
 
 async def retrieve_model(request: Request, model_id: str) -> Model:
     record = request.app.state.registry.get(model_id)
-    return openai_model(record, _workers_by_model(request).get(record.name))
+    return openai_model(record, workers_by_model(request).get(record.name))
 
 
-def _workers_by_model(request: Request) -> dict[str, dict[str, Any]]:
+def workers_by_model(request: Request) -> dict[str, dict[str, Any]]:
     return {worker["model"]: worker for worker in request.app.state.scheduler.status()}
 
 
