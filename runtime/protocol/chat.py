@@ -167,10 +167,7 @@ class CreateChatCompletionRequest(OpenAIRequest):
     service_tier: str | None = None
 
     def validate_semantics(self) -> None:
-        if self.stream_options is not None and not self.stream:
-            raise InvalidRequestError(
-                "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
-            )
+        check_stream_options(self.stream, self.stream_options)
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequestError(
                 "Invalid value for 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is used.",
@@ -215,6 +212,13 @@ class CreateChatCompletionRequest(OpenAIRequest):
 
     def max_output_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+def check_stream_options(stream: bool | None, stream_options: StreamOptions | None) -> None:
+    if stream_options is not None and not stream:
+        raise InvalidRequestError(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
+        )
 
 
 def check_logit_bias(logit_bias: dict[str, float] | None) -> None:

@@ -16,6 +16,7 @@ from runtime.protocol.chat import (
     Temperature,
     TopP,
     check_logit_bias,
+    check_stream_options,
 )
 from runtime.protocol.common import OpenAIRequest
 
@@ -43,10 +44,7 @@ class CreateCompletionRequest(OpenAIRequest):
     user: str | None = None
 
     def validate_semantics(self) -> None:
-        if self.stream_options is not None and not self.stream:
-            raise InvalidRequestError(
-                "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
-            )
+        check_stream_options(self.stream, self.stream_options)
         if self.best_of not in (None, 1, self.n or 1):
             raise InvalidRequestError("'best_of' must equal 'n' on this server.", param="best_of",
                                       code="unsupported_value")
