@@ -1,12 +1,13 @@
 """The continuous-batching engine under concurrency, on the real SmolLM2 and MiniLM models.
 
 Correctness only, never timings. At temperature 0 a request decoded in a batch with others gives
-the same text as the same request alone. Where llama.cpp's kernels differ, it is in the last
-bits: its CPU flash attention takes a tiled path for 64 or more query rows in a micro-batch and
-a row-by-row path below that, and sums over cache cells in cell order, which depends on where
-earlier (evicted, reused) sequences left holes. A greedy choice can flip at a near-tie when
-either differs, exactly as in llama-server. So the tests that compare texts keep prompts under
-64 tokens and start from a cold cache.
+the same text as the same request alone, except in the last bits: llama.cpp's CPU flash attention
+takes a tiled path for 64 or more query rows in a micro-batch and a row-by-row path below that,
+and sums over cache cells in cell order. A request alone fills cells in order; in a batch, cells
+that finished requests free are reused by the ones still running, so their later tokens may sit
+before earlier ones. A greedy choice can then flip at a near-tie, exactly as in llama-server; the
+concurrency test shows that every difference is such a tie. Tests that compare texts keep
+prompts under 64 tokens.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.engines.base import SamplingParams, TextDelta, Usage
+from runtime.engines.base import SamplingParams, TextDelta, TokenLogprob, Usage
 from runtime.engines.llama_batch import BatchEngine
 from runtime.engines.options import EngineOptions
 from runtime.errors import ContextLengthExceededError, InvalidRequestError
@@ -71,15 +72,26 @@ def finish(deltas: list[TextDelta]) -> str | None:
 
 
 def test_concurrent_requests_each_get_their_own_answer(engine: BatchEngine, smollm_gguf: Path) -> None:
-    alone = [text(collect(engine, engine.tokenize(o), greedy())[0]) for o in OPENINGS]
+    params = greedy(logprobs=2)
+    alone = [tokens_of(collect(engine, engine.tokenize(o), params)[0]) for o in OPENINGS]
     cold = BatchEngine(smollm_gguf, EngineOptions(ctx_size=4096, parallel=4), embedding=False)
     try:
         with ThreadPoolExecutor(len(OPENINGS)) as pool:
-            together = list(pool.map(lambda o: text(collect(cold, cold.tokenize(o), greedy())[0]), OPENINGS))
+            together = list(pool.map(lambda o: tokens_of(collect(cold, cold.tokenize(o), params)[0]), OPENINGS))
     finally:
         cold.close()
-    assert together == alone
-    assert "Paris" in alone[0]
+    assert "Paris" in "".join(t.token for t in alone[0][:3])
+    for mine, own in zip(together, alone, strict=True):
+        # Identical, or identical up to a near-tie that llama.cpp's cell order tipped the other way.
+        same = next((i for i, (a, b) in enumerate(zip(mine, own, strict=True)) if a.token != b.token), None)
+        if same is not None:
+            assert same >= 3, (mine, own)
+            top = own[same].top
+            assert top[0][1] - top[1][1] < 0.1 and mine[same].token == top[1][0]
+
+
+def tokens_of(deltas: list[TextDelta]) -> list[TokenLogprob]:
+    return [lp for d in deltas for lp in d.logprobs]
 
 
 def test_n_choices_share_the_prompt_and_sample_independently(engine: BatchEngine) -> None:
@@ -171,7 +183,9 @@ def test_preempted_request_loses_no_tokens(smollm_gguf: Path) -> None:
     engine = BatchEngine(smollm_gguf, EngineOptions(ctx_size=256, parallel=2), embedding=False)
     try:
         questions = ["Tell me about dogs.", "Tell me about cats."]
-        params = SamplingParams(temperature=0.0, max_tokens=200, frequency_penalty=0.5)
+        ends = engine.tokenize("<|im_end|><|endoftext|>", add_special=False, parse_special=True)
+        params = SamplingParams(temperature=0.0, max_tokens=200, frequency_penalty=0.5,
+                                logit_bias={token: -100.0 for token in ends})  # always all 200 tokens
         alone = [text(collect(engine, prompt(engine, q), params)[0]) for q in questions]
         usages = [Usage(), Usage()]
         with ThreadPoolExecutor(2) as pool:

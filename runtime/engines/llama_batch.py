@@ -4,10 +4,10 @@ One decode thread owns the llama.cpp context. Callers submit work from any threa
 results from a per-request queue: `generate` streams `TextDelta`s, `embed` returns vectors.
 
 KV cache layout: one unified pool of `ctx_size` cells shared by all sequences (llama.cpp's
-`kv_unified`), so a single request may use the whole pool, prefixes are shared between
-sequences without copying, and finished sequences stay in the pool as cached prefixes until
-their cells are needed. `parallel` sequences generate at once; as many more sequence ids hold
-cached prefixes.
+`kv_unified`), so a single request may use the whole pool and running sequences share prefixes
+without copying. Only running sequences hold cells: a finished one moves to the host cache in RAM
+(llama_hostcache.py), from where the next request with the same prefix copies it back.
+`parallel` sequences generate at once.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class BatchEngine:
             n_ctx = options.ctx_size or min(n_ctx_train, DEFAULT_CTX)
             self._batch_tokens = BATCH_TOKENS
             self.parallel = options.parallel or max(4, min(16, n_ctx // 1024))
-            self._n_seqs = min(256, 2 * self.parallel)
+            self._n_seqs = self.parallel  # one sequence per generating choice; idle ones live in the host cache
             params.kv_unified = True
         params.n_ctx = n_ctx
         params.n_batch = params.n_ubatch = self._batch_tokens

@@ -1,5 +1,6 @@
-"""Bookkeeping for llama.cpp's unified KV cache: which sequence holds which tokens, how many
-cells are in use, and which idle sequences are kept as cached prefixes.
+"""Bookkeeping for llama.cpp's unified KV cache: which sequence holds which tokens and how many
+cells are in use. Only active sequences hold cells; a released sequence's state moves to the
+host cache (llama_hostcache.py), from where a request with the same prefix gets it back.
 
 llama.cpp has no call that counts used cells, so the ledger performs every memory operation
 itself and mirrors it. In a unified cache `seq_cp` shares cells instead of copying them and
@@ -10,20 +11,40 @@ its longest shared prefix.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp.llama_cpp as ll
 
+from runtime.engines.llama_hostcache import Entry, HostCache, common_prefix
+
+
+@dataclass
+class Prefix:
+    """Where a new sequence's first `length` tokens come from: a sequence in the pool, a host cache
+    entry, or nowhere (length 0)."""
+
+    length: int = 0
+    seq: int = -1
+    entry: Entry | None = None
+
+    def cells_needed(self, total: int) -> int:
+        """Cells a sequence of `total` tokens takes when it starts from this prefix."""
+        if self.seq >= 0:
+            return total - self.length  # shared cells are already there
+        if self.entry is not None:
+            return max(total, len(self.entry.tokens))  # the whole entry comes back before it is trimmed
+        return total
+
 
 class KVLedger:
-    def __init__(self, memory: Any, n_cells: int, n_seqs: int) -> None:
-        self._memory = memory
+    def __init__(self, ctx: Any, n_cells: int, n_seqs: int) -> None:
+        self._memory = ll.llama_get_memory(ctx)
         self.n_cells = n_cells
+        self.host = HostCache(ctx, n_cells)
         self.tokens: list[list[int]] = [[] for _ in range(n_seqs)]
         self._shared = [[0] * n_seqs for _ in range(n_seqs)]
         self._free_ids = list(range(n_seqs - 1, -1, -1))
-        self._cached: OrderedDict[int, None] = OrderedDict()  # idle sequences, least recent first
         self.used = 0
 
     @property
@@ -31,49 +52,48 @@ class KVLedger:
         return self.n_cells - self.used
 
     @property
-    def cached_count(self) -> int:
-        return len(self._cached)
+    def free_ids(self) -> int:
+        return len(self._free_ids)
 
-    def acquire(self, protect: set[int]) -> int | None:
-        """A sequence id with no cells, evicting the least recently used cached prefix if needed."""
-        if not self._free_ids and not self.evict_one(protect):
-            return None
+    def acquire(self) -> int:
         return self._free_ids.pop()
 
-    def available_ids(self, protect: set[int]) -> int:
-        return len(self._free_ids) + sum(1 for seq in self._cached if seq not in protect)
-
     def release(self, seq: int, *, keep: bool) -> None:
-        """Give a sequence back; with `keep` its cells stay as a cached prefix for later requests."""
-        if keep and self.tokens[seq]:
-            self._cached[seq] = None
-            return
-        self._remove(seq)
+        """Give a sequence back; with `keep` its state goes to the host cache for later requests."""
+        if keep and self.tokens[seq] and ll.llama_memory_seq_pos_min(self._memory, seq) <= 0:
+            self.host.save(seq, self.tokens[seq])
+        self.used -= len(self.tokens[seq]) - max(self._shared[seq])
+        ll.llama_memory_seq_rm(self._memory, seq, -1, -1)
+        self.tokens[seq] = []
+        for other, row in enumerate(self._shared):
+            row[seq] = self._shared[seq][other] = 0
         self._free_ids.append(seq)
 
-    def evict_one(self, protect: set[int]) -> bool:
-        """Drop the least recently used cached prefix not in `protect`; False if there is none."""
-        seq = next((s for s in self._cached if s not in protect), None)
-        if seq is None:
-            return False
-        del self._cached[seq]
-        self.release(seq, keep=False)
-        return True
-
-    def best_prefix(self, prompt: list[int]) -> tuple[int, int]:
-        """(sequence, length) of the longest prefix of `prompt` already in the cache; (-1, 0) if none."""
-        best_seq, best_len = -1, 0
+    def best_prefix(self, prompt: list[int]) -> Prefix:
+        """The longest prefix of `prompt` held in the pool or the host cache; the pool wins ties."""
+        entry, best = self.host.best(prompt)
+        found = Prefix(best, entry=entry)
         for seq, held in enumerate(self.tokens):
-            if len(held) <= best_len or held[0] != prompt[0]:
+            if len(held) < found.length or not held or held[0] != prompt[0]:
                 continue
             length = common_prefix(held, prompt)
-            if length > best_len and ll.llama_memory_seq_pos_min(self._memory, seq) <= 0:
-                best_seq, best_len = seq, length
-        if best_seq in self._cached:
-            self._cached.move_to_end(best_seq)
-        return best_seq, best_len
+            if length >= found.length and length and ll.llama_memory_seq_pos_min(self._memory, seq) <= 0:
+                found = Prefix(length, seq=seq)
+        return found
 
-    def copy_prefix(self, src: int, dst: int, length: int) -> None:
+    def start(self, seq: int, prefix: Prefix) -> int:
+        """Fill the empty sequence `seq` with the prefix; how many tokens it then holds."""
+        if prefix.seq >= 0:
+            self.share(prefix.seq, seq, prefix.length)
+        elif prefix.entry is not None:
+            if not self.host.restore(prefix.entry, seq):
+                ll.llama_memory_seq_rm(self._memory, seq, -1, -1)
+                return 0
+            ll.llama_memory_seq_rm(self._memory, seq, prefix.length, -1)
+            self.append(seq, prefix.entry.tokens[:prefix.length])
+        return prefix.length
+
+    def share(self, src: int, dst: int, length: int) -> None:
         """Let the empty sequence `dst` share the first `length` cells of `src` (no data is copied)."""
         ll.llama_memory_seq_cp(self._memory, src, dst, 0, length)
         self.tokens[dst] = self.tokens[src][:length]
@@ -83,29 +103,6 @@ class KVLedger:
         self._shared[src][dst] = self._shared[dst][src] = length
 
     def append(self, seq: int, tokens: list[int]) -> None:
-        """Record tokens that a successful decode wrote into fresh cells."""
+        """Record tokens written into fresh cells."""
         self.tokens[seq].extend(tokens)
         self.used += len(tokens)
-
-    def _remove(self, seq: int) -> None:
-        self.used -= len(self.tokens[seq]) - max(self._shared[seq])
-        ll.llama_memory_seq_rm(self._memory, seq, -1, -1)
-        self.tokens[seq] = []
-        for other, row in enumerate(self._shared):
-            row[seq] = self._shared[seq][other] = 0
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix of two token lists (compares in slices: most prompts match long runs)."""
-    limit = min(len(a), len(b))
-    low, step = 0, 256
-    while low < limit:
-        high = min(low + step, limit)
-        if a[low:high] != b[low:high]:
-            break
-        low = high
-    else:
-        return limit
-    while low < high and a[low] == b[low]:
-        low += 1
-    return low

@@ -1,10 +1,10 @@
 """Continuous batching for generation: each step is one `llama_decode` over a batch holding one
 token for every generating sequence plus chunks of pending prompts.
 
-Admission is by free KV cells. When a step needs cells that are not free, idle cached prefixes
-go first (least recently used), then the youngest request is pre-empted: its sequences are
-dropped and it waits at the head of the queue with everything it generated, to be re-evaluated
-(often from a cached prefix) and continued without losing a token.
+Admission is by free KV cells; only active sequences hold cells (finished ones wait in the host
+cache). When a step needs cells that are not free, the youngest request is pre-empted: its state
+moves to the host cache and it waits at the head of the queue with everything it generated, to be
+restored and continued without losing a token.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import llama_cpp.llama_cpp as ll
 
-from runtime.engines.llama_kv import KVLedger
+from runtime.engines.llama_kv import KVLedger, Prefix
 from runtime.engines.llama_seq import DONE, Choice, Request, emit, token_logprob
 from runtime.errors import ContextLengthExceededError, EngineError
 
@@ -31,7 +31,7 @@ class GenerationScheduler:
         self._parallel = parallel
         self._batch_size = ll.llama_n_batch(ctx)
         self._batch = ll.llama_batch_init(self._batch_size, 0, 1)
-        self._ledger = KVLedger(ll.llama_get_memory(ctx), ll.llama_n_ctx(ctx), n_seqs)
+        self._ledger = KVLedger(ctx, ll.llama_n_ctx(ctx), n_seqs)
         self._pending: list[Request] = []  # oldest first
         self._active: list[Request] = []  # in admission order
         self._preemptions = 0
@@ -49,7 +49,7 @@ class GenerationScheduler:
             "waiting_requests": len(self._pending),
             "kv_cells_used": self._ledger.used,
             "kv_cells_total": self._ledger.n_cells,
-            "cached_prefixes": self._ledger.cached_count,
+            "cached_prefixes": len(self._ledger.host),
             "preemptions": self._preemptions,
         }
 
@@ -81,54 +81,42 @@ class GenerationScheduler:
         while self._pending:
             request = self._pending[0]
             choices = [c for c in request.choices if not c.finished]
-            if self._slots_used() + len(choices) > self._parallel:
+            if self._slots_used() + len(choices) > self._parallel or self._ledger.free_ids < len(choices):
                 return
             starters = choices if request.forked else choices[:1]
-            matches = self._room_for(starters, len(choices))
-            if matches is None:
+            prefixes = self._room_for(starters, len(choices))
+            if prefixes is None:
                 if self._active:
                     return
                 self._pending.pop(0)
                 request.fail(ContextLengthExceededError(self._ledger.n_cells, len(request.prompt)))
                 self._close(request)
                 continue
-            protect = {src for src, _ in matches}
-            if self._ledger.available_ids(protect) < len(choices):
-                return
             self._pending.pop(0)
             for choice in choices:
-                choice.seq = self._ledger.acquire(protect)
-            for choice, (src, length) in zip(starters, matches, strict=True):
-                if length:
-                    self._ledger.copy_prefix(src, choice.seq, length)
-                    choice.n_past = length
+                choice.seq = self._ledger.acquire()
+            for choice, prefix in zip(starters, prefixes, strict=True):
+                choice.n_past = self._ledger.start(choice.seq, prefix)
             if not request.admitted_before:
-                request.usage.cached_tokens = matches[0][1]
+                request.usage.cached_tokens = starters[0].n_past
                 request.admitted_before = True
             self._active.append(request)
 
-    def _room_for(self, starters: list[Choice], n_choices: int) -> list[tuple[int, int]] | None:
-        """Make room for the starting choices; their cached prefixes, or None if they cannot fit.
-
-        A cached prefix is kept while making room; if that leaves too little, it is given up.
-        """
-        matches = [self._match(c) for c in starters]
-        for attempt in (matches, [(-1, 0)] * len(starters)):
-            need = sum(len(c.tokens) - n for c, (_, n) in zip(starters, attempt, strict=True))
-            if self._make_room(need + n_choices + self._reserved(), {src for src, _ in attempt}):
-                return attempt
+    def _room_for(self, starters: list[Choice], n_choices: int) -> list[Prefix] | None:
+        """The prefixes the starting choices begin from, or None if they do not fit in the free cells.
+        A cached prefix that needs more cells than starting afresh (a long host entry) is given up."""
+        found = [self._match(c) for c in starters]
+        for prefixes in (found, [Prefix()] * len(starters)):
+            need = sum(p.cells_needed(len(c.tokens)) for c, p in zip(starters, prefixes, strict=True))
+            if self._ledger.free_cells >= need + n_choices + self._reserved():
+                return prefixes
         return None
 
-    def _match(self, choice: Choice) -> tuple[int, int]:
+    def _match(self, choice: Choice) -> Prefix:
         """The cached prefix to start from; at least the last token is always evaluated again."""
-        src, length = self._ledger.best_prefix(choice.tokens)
-        return src, min(length, len(choice.tokens) - 1)
-
-    def _make_room(self, cells: int, protect: set[int]) -> bool:
-        while self._ledger.free_cells < cells:
-            if not self._ledger.evict_one(protect):
-                return False
-        return True
+        prefix = self._ledger.best_prefix(choice.tokens)
+        prefix.length = min(prefix.length, len(choice.tokens) - 1)
+        return prefix
 
     def _reserved(self) -> int:
         """Cells that admitted prompts still need."""
@@ -142,7 +130,7 @@ class GenerationScheduler:
         if len(self._active) > 1:
             victim = max(self._active, key=lambda r: r.age)
             self._active.remove(victim)
-            self._release(victim, keep=False)
+            self._release(victim, keep=True)  # its state waits in the host cache
             self.submit(victim)
             self._preemptions += 1
             return True
@@ -172,12 +160,11 @@ class GenerationScheduler:
             ready = [c for r in self._active for c in r.choices
                      if not c.finished and (r.forked or c.index == 0)]
             decoding = [c for c in ready if c.pending == 1]
-            if self._make_room(len(decoding), set()):
+            if self._ledger.free_cells >= len(decoding):
                 break
             self._free_cells_by_preempting()
         plan = [(c, 1) for c in decoding]
         prefilling = [c for c in ready if c.pending > 1]
-        self._make_room(len(plan) + sum(c.pending for c in prefilling), set())
         room = min(self._batch_size, self._ledger.free_cells) - len(plan)
         for choice in prefilling:
             if room <= 0:
@@ -206,8 +193,7 @@ class GenerationScheduler:
         batch.n_tokens = n
         status = ll.llama_decode(self._ctx, batch)
         if status == DECODE_NO_SLOT:
-            if not self._ledger.evict_one(set()):
-                self._free_cells_by_preempting()
+            self._free_cells_by_preempting()
             return None
         if status != 0:
             self._fail_all(EngineError(f"llama.cpp failed to decode (status {status})."))
@@ -230,7 +216,7 @@ class GenerationScheduler:
             if not request.forked:
                 request.forked = True
                 for sibling in request.choices[1:]:
-                    self._ledger.copy_prefix(choice.seq, sibling.seq, choice.n_past)
+                    self._ledger.share(choice.seq, sibling.seq, choice.n_past)
                     sibling.n_past = choice.n_past
                     self._sample_one(sibling, row)
             if not choice.finished:
