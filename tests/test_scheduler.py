@@ -236,7 +236,7 @@ def test_eviction_by_memory_budget(start: Callable[..., Harness]) -> None:
 def test_kv_cache_estimate_uses_gguf_metadata() -> None:
     smollm = {"block_count": 30, "embedding_length": 576, "head_count": 9, "head_count_kv": 3,
               "context_length": 8192}
-    assert kv_cache_bytes(smollm, EngineOptions()) == 30 * 4096 * 3 * (64 + 64) * 2
+    assert kv_cache_bytes(smollm, EngineOptions()) == 30 * 8192 * 3 * (64 + 64) * 2
     assert kv_cache_bytes(smollm, EngineOptions(ctx_size=1024, cache_type_k="q8_0", cache_type_v="q8_0")) == int(
         30 * 1024 * 3 * (64 + 64) * 1.0625)
     assert kv_cache_bytes({}, EngineOptions()) == 0

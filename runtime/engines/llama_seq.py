@@ -22,6 +22,7 @@ from runtime.engines.llama import StopScanner
 from runtime.errors import InvalidRequestError
 
 DONE = "done"  # the event that ends a request's stream
+NEGLIGIBLE_P = 1e-6
 
 
 class SamplerChain:
@@ -47,6 +48,11 @@ class SamplerChain:
         if params.temperature <= 0:
             self._add(ll.llama_sampler_init_greedy())
             return
+        # Tokens whose probability at this temperature is under a millionth of the likeliest one's are
+        # practically never sampled; dropping them first spares the rest of the chain the whole vocabulary
+        # (sampling takes a third of the time). p_i / p_max = (raw ratio) ** (1 / temperature), so the
+        # threshold on the raw distribution is NEGLIGIBLE_P ** temperature.
+        self._add(ll.llama_sampler_init_min_p(NEGLIGIBLE_P ** params.temperature, 1))
         if params.top_p < 1.0:
             self._add(ll.llama_sampler_init_top_p(params.top_p, 1))
         self._add(ll.llama_sampler_init_temp(params.temperature))
