@@ -70,3 +70,4 @@ def test_ps_and_metrics_show_the_batch_engine(env: dict[str, str]) -> None:
                         headers={"Authorization": f"Bearer {admin_key(paths)}"}).text
     assert f'stacklet_kv_cells_total{{model="{CHAT}"}} 8192' in metrics
     assert f'stacklet_active_sequences{{model="{CHAT}"}}' in metrics
+    assert f'stacklet_cached_prefixes{{model="{CHAT}"}}' in metrics

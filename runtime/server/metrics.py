@@ -59,6 +59,7 @@ ENGINE_GAUGES = {
     "waiting_requests": "Requests admitted by a text model but waiting for KV cache room.",
     "kv_cells_used": "KV cache cells in use, per text model.",
     "kv_cells_total": "KV cache cells, per text model.",
+    "cached_prefixes": "Finished sequences kept in RAM for prefix reuse, per text model.",
 }
 
 
