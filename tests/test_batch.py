@@ -162,6 +162,22 @@ def test_cached_prefix_is_reused_and_gives_the_same_answer(smollm_gguf: Path) ->
         engine.close()
 
 
+def test_a_cached_prefix_that_cannot_be_restored_is_evaluated_again(smollm_gguf: Path) -> None:
+    import ctypes
+
+    engine = BatchEngine(smollm_gguf, EngineOptions(ctx_size=1024, parallel=1), embedding=False)
+    try:
+        question = prompt(engine, "Name a color.")
+        answer = text(collect(engine, question, greedy(8))[0])
+        for entry in engine._worker._ledger.host._entries:  # damage what the first request left in RAM
+            entry.state = (ctypes.c_uint8 * 16)()
+        usage = Usage()
+        assert text(collect(engine, question, greedy(8), usage=usage)[0]) == answer
+        assert usage.cached_tokens == 0
+    finally:
+        engine.close()
+
+
 def test_cancelled_request_frees_its_sequence(smollm_gguf: Path) -> None:
     engine = BatchEngine(smollm_gguf, EngineOptions(ctx_size=1024, parallel=1), embedding=False)
     try:

@@ -86,10 +86,11 @@ class KVLedger:
         if prefix.seq >= 0:
             self.share(prefix.seq, seq, prefix.length)
         elif prefix.entry is not None:
-            if not self.host.restore(prefix.entry, seq):
+            # A recurrent model's state cannot be cut back to a shorter prefix: start afresh instead.
+            if not (self.host.restore(prefix.entry, seq)
+                    and ll.llama_memory_seq_rm(self._memory, seq, prefix.length, -1)):
                 ll.llama_memory_seq_rm(self._memory, seq, -1, -1)
                 return 0
-            ll.llama_memory_seq_rm(self._memory, seq, prefix.length, -1)
             self.append(seq, prefix.entry.tokens[:prefix.length])
         return prefix.length
 
