@@ -135,3 +135,24 @@ def test_diffusion_checkpoint_with_taesd_from_a_folder(store: Store, sd15_checkp
     assert record.metadata["family"] == "sd1"
     assert record.metadata["has_taesd"] is True
     assert set(record.spec(store.paths).files) == {"model", "taesd"}
+
+
+def test_a_database_from_before_keep_alive_keeps_its_models(tmp_path: Path) -> None:
+    import sqlite3
+
+    from runtime.store.registry import Registry
+
+    paths = Settings.load(environ={"STACKLET_HOME": str(tmp_path)}).paths
+    paths.database.parent.mkdir(parents=True, exist_ok=True)
+    old = sqlite3.connect(paths.database)
+    old.execute("CREATE TABLE models (name TEXT PRIMARY KEY, kind TEXT NOT NULL, engine TEXT NOT NULL, "
+                "source TEXT NOT NULL, files TEXT NOT NULL, metadata TEXT NOT NULL, options TEXT NOT NULL, "
+                "created INTEGER NOT NULL)")
+    old.execute("""INSERT INTO models VALUES ('old', 'llm', 'llama', '"a/b"', '[]', '{}', '{}', 1)""")
+    old.commit()
+    old.close()
+    registry = Registry(paths)
+    record = registry.get("old")
+    assert (record.kind, record.source, record.keep_alive, record.created) == ("llm", "a/b", None, 1)
+    registry.configure("old", {"keep_alive": "10m"})
+    assert Registry(paths).get("old").keep_alive == 600

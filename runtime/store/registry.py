@@ -94,6 +94,18 @@ CREATE TABLE IF NOT EXISTS models (
 """
 
 
+COLUMNS = "name, kind, engine, source, files, metadata, options, keep_alive, created"
+ADDED_COLUMNS = {"keep_alive": "REAL"}  # columns newer than the first schema, for older databases
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Bring a database from an older stacklet up to date; its models stay as they were."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(models)")}
+    for name, sql_type in ADDED_COLUMNS.items():
+        if name not in present:
+            conn.execute(f"ALTER TABLE models ADD COLUMN {name} {sql_type}")
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """A connection to the shared database: WAL so readers never block the writer."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +120,7 @@ class Registry:
         self.paths = paths
         self._conn = connect(paths.database)
         self._conn.executescript(_SCHEMA)
+        _add_missing_columns(self._conn)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -120,11 +133,11 @@ class Registry:
         self._conn.execute("COMMIT")
 
     def list(self) -> list[ModelRecord]:
-        rows = self._conn.execute("SELECT * FROM models ORDER BY name").fetchall()
+        rows = self._conn.execute(f"SELECT {COLUMNS} FROM models ORDER BY name").fetchall()
         return [_record(row) for row in rows]
 
     def find(self, name: str) -> ModelRecord | None:
-        row = self._conn.execute("SELECT * FROM models WHERE name = ?", (name,)).fetchone()
+        row = self._conn.execute(f"SELECT {COLUMNS} FROM models WHERE name = ?", (name,)).fetchone()
         return _record(row) if row else None
 
     def get(self, name: str) -> ModelRecord:
@@ -137,7 +150,7 @@ class Registry:
         verb = "INSERT OR REPLACE" if replace else "INSERT"
         try:
             with self._transaction() as conn:
-                conn.execute(f"{verb} INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _row(record))
+                conn.execute(f"{verb} INTO models ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _row(record))
         except sqlite3.IntegrityError:
             raise ConflictError(
                 f"A model named '{record.name}' already exists. Choose another with --name or remove it first."
