@@ -35,12 +35,14 @@ class HostCache:
 
     def save(self, seq: int, tokens: list[int]) -> None:
         """Copy a sequence's state out of the KV pool; entries it extends are dropped."""
-        for entry in [e for e in self._entries if e.tokens == tokens[:len(e.tokens)]]:
-            self._drop(entry)
+        if len(tokens) > self.capacity_tokens:
+            return
         size = ll.llama_state_seq_get_size(self._ctx, seq)
         state = (ctypes.c_uint8 * size)()
         if ll.llama_state_seq_get_data(self._ctx, state, size, seq) != size:
             return
+        for entry in [e for e in self._entries if e.tokens == tokens[:len(e.tokens)]]:
+            self._drop(entry)
         entry = Entry(list(tokens), state)
         self._entries[entry] = None
         self.tokens += len(tokens)

@@ -17,6 +17,7 @@ MIB = 1024 * 1024
 OVERHEAD = 256 * MIB  # interpreter, engine library, compute buffers
 RAM_SHARE = 0.8  # leave the rest to the OS and the server itself
 DEFAULT_CTX = 8192  # the llama engine's context when --ctx-size is unset (capped by the model's)
+KV_COPIES = {"llm": 2, "embedding": 1}  # a chat model's host cache of idle prefixes matches its KV pool
 CACHE_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 1.0625, "q5_0": 0.6875, "q5_1": 0.75,
                     "q4_0": 0.5625, "q4_1": 0.625, "iq4_nl": 0.5625}
 
@@ -24,7 +25,7 @@ CACHE_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 1.0625, "q5_0":
 def estimate(kind: str, file_size: int, metadata: dict[str, Any], options: EngineOptions) -> int:
     """Bytes a loaded model takes: its files, the KV cache for text models (twice for chat models: their
     host cache of idle prefixes holds as many tokens as the KV pool), and a fixed overhead."""
-    kv_cache = kv_cache_bytes(metadata, options) * {"llm": 2, "embedding": 1}.get(kind, 0)
+    kv_cache = kv_cache_bytes(metadata, options) * KV_COPIES.get(kind, 0)
     return file_size + kv_cache + OVERHEAD
 
 
