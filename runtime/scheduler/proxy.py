@@ -8,25 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Protocol
 
-import httpx
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from runtime.errors import StackletError, WorkerError
+from runtime.scheduler.upstream import Upstream, UpstreamError
 from runtime.server.errors import error_response
 from runtime.server.sse import DONE, error_event
 
 log = logging.getLogger("stacklet.scheduler")
 
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "date", "server"})
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"date", b"server"})
 
 
 class Lease(Protocol):
-    """A place on a model's worker: `acquire` waits for the load and a free slot."""
+    """A place on a model's worker: `acquire` waits for the load and a free slot, and gives its socket."""
 
-    async def acquire(self) -> httpx.AsyncClient: ...
+    async def acquire(self) -> Path: ...
 
     def release(self, ok: bool) -> None: ...
 
@@ -59,26 +60,24 @@ class ProxyResponse(Response):
         started = False
         streaming_events = False
         try:
-            client = await self.lease.acquire()
+            socket_path = await self.lease.acquire()
         except StackletError as exc:
             await error_response(exc)(scope, _no_receive, send)
             return
         lease = _Once(self.lease)
         try:
-            request = client.build_request("POST", self.path, content=self.upstream_body,
-                                           headers=self.upstream_headers)
-            upstream = await client.send(request, stream=True)
+            upstream = await Upstream.open(socket_path, self.path, self.upstream_body, self.upstream_headers)
             try:
-                streaming_events = upstream.headers.get("content-type", "").startswith("text/event-stream")
-                await send({"type": "http.response.start", "status": upstream.status_code,
+                streaming_events = (upstream.header(b"content-type") or b"").startswith(b"text/event-stream")
+                await send({"type": "http.response.start", "status": upstream.status,
                             "headers": _response_headers(upstream)})
                 started = True
                 tail = await self._relay_body(upstream, send)
             finally:
-                await upstream.aclose()
-            lease.release(ok=upstream.status_code < 500)  # before the client sees the end
+                upstream.close()
+            lease.release(ok=upstream.status < 500)  # before the client sees the end
             await send({"type": "http.response.body", "body": tail, "more_body": False})
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             log.warning("worker request %s failed: %s", self.path, exc)
             lease.release(ok=False)
             await self._fail(scope, send, started, streaming_events)
@@ -88,12 +87,12 @@ class ProxyResponse(Response):
             lease.release(ok=False)
 
     @staticmethod
-    async def _relay_body(upstream: httpx.Response, send: Send) -> bytes:
+    async def _relay_body(upstream: Upstream, send: Send) -> bytes:
         """Stream chunks as they arrive; a sized body (JSON, computed whole) is held back and returned,
         so the request counts as finished before the client can see its last byte."""
-        if "content-length" in upstream.headers:
-            return b"".join([chunk async for chunk in upstream.aiter_raw()])
-        async for chunk in upstream.aiter_raw():
+        if upstream.header(b"content-length") is not None:
+            return b"".join([chunk async for chunk in upstream.chunks()])
+        async for chunk in upstream.chunks():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         return b""
 
@@ -131,8 +130,8 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
-def _response_headers(upstream: httpx.Response) -> list[tuple[bytes, bytes]]:
-    return [(k.lower(), v) for k, v in upstream.headers.raw if k.decode().lower() not in HOP_BY_HOP]
+def _response_headers(upstream: Upstream) -> list[tuple[bytes, bytes]]:
+    return [(key, value) for key, value in upstream.headers if key not in HOP_BY_HOP]
 
 
 def forward_headers(content_type: str | None, base_url: str) -> dict[str, str]:

@@ -15,9 +15,9 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -79,13 +79,13 @@ class ModelLease:
         self.slot = slot
         self.keep_alive = keep_alive
 
-    async def acquire(self) -> httpx.AsyncClient:
+    async def acquire(self) -> Path:
         try:
             while True:
                 worker = await self.scheduler.ready_worker(self.slot)
                 await self.slot.gate.acquire()
                 if self.slot.worker is worker and worker.running:
-                    return worker.client
+                    return worker.socket_path
                 self.slot.gate.release()  # it crashed or was replaced while we queued
         finally:
             self.slot.waiting -= 1
@@ -110,7 +110,7 @@ class Scheduler:
         self._housekeeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        # httpx logs every request at INFO: the status polls and proxied calls would flood the server log.
+        # httpx logs every request at INFO: the status polls would flood the server log.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         if not self.budget:
             self.budget = await asyncio.to_thread(default_budget, self.settings.engine)

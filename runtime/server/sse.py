@@ -15,11 +15,12 @@ from runtime.server.errors import INTERNAL_MESSAGE
 log = logging.getLogger("stacklet")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # one encoder, not one per event
 
 
 def encode(data: dict[str, Any], event: str | None = None) -> bytes:
     head = f"event: {event}\n" if event else ""
-    return f"{head}data: {json.dumps(data, separators=(',', ':'), ensure_ascii=False)}\n\n".encode()
+    return f"{head}data: {_JSON.encode(data)}\n\n".encode()
 
 
 DONE = b"data: [DONE]\n\n"
