@@ -22,6 +22,7 @@ import pytest
 
 from runtime.engines.base import SamplingParams, TextDelta, TokenLogprob, Usage
 from runtime.engines.llama_batch import BatchEngine
+from runtime.engines.llama_stream import DONE, merged
 from runtime.engines.options import EngineOptions
 from runtime.errors import ContextLengthExceededError, InvalidRequestError
 
@@ -182,7 +183,7 @@ def test_cancelled_request_frees_its_sequence(smollm_gguf: Path) -> None:
     engine = BatchEngine(smollm_gguf, EngineOptions(ctx_size=1024, parallel=1), embedding=False)
     try:
         cancel = threading.Event()
-        stream = engine.generate(prompt(engine, "Tell me a long story."), greedy(500), 1, Usage(), cancel)
+        stream = iter(engine.generate(prompt(engine, "Tell me a long story."), greedy(500), 1, Usage(), cancel))
         next(stream)
         cancel.set()
         assert list(stream) == []
@@ -256,3 +257,11 @@ def test_embeddings_batched_equal_embeddings_alone(embedder: BatchEngine) -> Non
     cat, kitten = (embedder.embed([embedder.tokenize(s)], threading.Event())[0]
                    for s in ("The cat sits on the mat", "The kitten rests on the rug"))
     assert cosine(cat, kitten) == pytest.approx(0.67, abs=0.02)
+
+
+def test_deltas_that_queued_up_are_merged_per_choice_until_each_finishes() -> None:
+    failure = RuntimeError("decode failed")
+    events = [TextDelta(0, "a", []), TextDelta(0, "b", [], "stop"), TextDelta(0, "c", []),
+              TextDelta(1, "x", []), TextDelta(1, "y", []), failure, DONE]
+    assert merged(events) == [TextDelta(0, "ab", [], "stop"), TextDelta(0, "c", []), TextDelta(1, "xy", []),
+                              failure, DONE]

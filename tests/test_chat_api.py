@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -243,11 +244,18 @@ def test_bad_requests_are_400_envelopes(base_url: str, body: dict[str, Any], par
     assert error["param"] == param
 
 
-def test_client_disconnect_frees_the_engine(base_url: str, client: openai.OpenAI) -> None:
-    body = {"model": MODEL, "messages": HELLO, "max_tokens": 400, "stream": True, "temperature": 1.0}
+def test_client_disconnect_frees_the_engine(base_url: str, client: openai.OpenAI, smollm_engine: Any) -> None:
+    # End-of-turn tokens banned: only the disconnect can end this request within the next minute.
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 4000, "stream": True, "temperature": 1.0,
+            "logit_bias": {"0": -100, "2": -100}}
     with httpx.stream("POST", base_url + "/chat/completions", json=body, timeout=60) as response:
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
+        assert smollm_engine.info()["active_sequences"] == 1
+    deadline = time.monotonic() + 5
+    while smollm_engine.info()["active_sequences"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert smollm_engine.info()["active_sequences"] == 0
     after = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=3, temperature=0)
     assert after.choices[0].finish_reason == "length"
 

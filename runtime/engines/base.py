@@ -9,7 +9,7 @@ runtime.errors, never HTTP exceptions.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -118,8 +118,9 @@ class TextEngine(Protocol):
         ...
 
     def generate(self, prompt: list[int], params: SamplingParams, n: int, usage: Usage,
-                 cancel: threading.Event) -> Iterator[TextDelta]:
-        """Stream deltas for n choices of one prompt; fills `usage` as it goes."""
+                 cancel: threading.Event) -> Iterable[TextDelta]:
+        """Stream deltas for n choices of one prompt; fills `usage` as it goes. The stream may also be
+        async iterable, to be read on an event loop without a thread."""
         ...
 
     def embed(self, inputs: list[list[int]], cancel: threading.Event) -> list[list[float]]:

@@ -10,12 +10,12 @@ loaded context in embeddings mode, mean-pooled.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-from runtime.engines.base import ModelSpec, SamplingParams, TextDelta, Usage
+from runtime.engines.base import ModelSpec, SamplingParams, Usage
 from runtime.engines.chat_template import ChatTemplate
+from runtime.engines.llama_stream import DeltaStream
 from runtime.errors import InvalidRequestError
 
 DEFAULT_CTX = 8192
@@ -128,14 +128,14 @@ class LlamaEngine:
     # Generation
 
     def generate(self, prompt: list[int], params: SamplingParams, n: int, usage: Usage,
-                 cancel: threading.Event) -> Iterator[TextDelta]:
+                 cancel: threading.Event) -> DeltaStream:
         self._check_ids(prompt)
         if not prompt:
             raise InvalidRequestError("The prompt is empty: send at least one token.", param="prompt")
         if self.is_embedding_model:
             raise InvalidRequestError("This is an embedding model; it cannot generate text.", param="model")
         self._check_ids(list(params.logit_bias), param="logit_bias")
-        yield from self._batch.generate(prompt, params, n, usage, cancel)
+        return self._batch.generate(prompt, params, n, usage, cancel)
 
     # Embeddings
 

@@ -1,7 +1,7 @@
 """A continuous-batching llama.cpp engine on llama-cpp-python's low-level API.
 
 One decode thread owns the llama.cpp context. Callers submit work from any thread and read
-results from a per-request queue: `generate` streams `TextDelta`s, `embed` returns vectors.
+results from a per-request mailbox: `generate` streams `TextDelta`s, `embed` returns vectors.
 
 KV cache layout: one unified pool of `ctx_size` cells shared by all sequences (llama.cpp's
 `kv_unified`), so a single request may use the whole pool and running sequences share prefixes
@@ -18,17 +18,17 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import llama_cpp.llama_cpp as ll
 
-from runtime.engines.base import SamplingParams, TextDelta, Usage
+from runtime.engines.base import SamplingParams, Usage
 from runtime.engines.llama import StopScanner
 from runtime.engines.llama_embed import EmbeddingBatcher, EmbedJob
 from runtime.engines.llama_sched import GenerationScheduler
-from runtime.engines.llama_seq import DONE, Choice, Request, SamplerChain
+from runtime.engines.llama_seq import Choice, Request, SamplerChain
+from runtime.engines.llama_stream import DONE, POLL_S, DeltaStream
 from runtime.engines.options import EngineOptions
 from runtime.errors import ContextLengthExceededError, EngineError, InvalidRequestError
 
@@ -38,7 +38,6 @@ CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "
                "iq4_nl": 20, "bf16": 30}
 SPLIT_MODES = {"none": 0, "layer": 1, "row": 2}
 FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
-POLL_S = 0.05  # how often a waiting caller looks at its cancel event
 
 
 class BatchEngine:
@@ -139,8 +138,8 @@ class BatchEngine:
     # Work
 
     def generate(self, prompt_tokens: list[int], params: SamplingParams, n: int, usage: Usage,
-                 cancel: threading.Event) -> Iterator[TextDelta]:
-        """Stream deltas for `n` choices of one prompt, decoded together with every other request."""
+                 cancel: threading.Event) -> DeltaStream:
+        """Deltas for `n` choices of one prompt, decoded together with every other request."""
         self._check_generate(prompt_tokens, params, n)
         usage.prompt_tokens = len(prompt_tokens)
         request = Request(list(prompt_tokens), params, usage, cancel, next(self._ages))
@@ -150,14 +149,7 @@ class BatchEngine:
             chain = SamplerChain(self.vocab, self.n_vocab, params, seed, window)
             request.choices.append(Choice(index, request, list(prompt_tokens), chain,
                                           StopScanner(params.stop)))
-        self._inbox.put(request)
-        finished = False
-        try:
-            yield from _deltas(request.events, cancel)
-            finished = True
-        finally:
-            if not finished:
-                request.abandoned.set()
+        return DeltaStream(request, self._inbox.put)
 
     def _check_generate(self, prompt: list[int], params: SamplingParams, n: int) -> None:
         if self.embedding:
@@ -217,37 +209,6 @@ class BatchEngine:
             except queue.Empty:
                 pass
             self._worker.step()
-
-
-def _deltas(events: queue.SimpleQueue, cancel: threading.Event) -> Iterator[TextDelta]:
-    """A request's deltas until it is done. Deltas that queued up while the caller was busy are
-    merged, so a loaded server sends fewer, larger chunks instead of falling further behind."""
-    held: Any = None
-    while True:
-        event = held if held is not None else _next_event(events, cancel)
-        held = None
-        if event is DONE:
-            return
-        if isinstance(event, Exception):
-            raise event
-        while event.finish_reason is None and not events.empty():
-            later = events.get_nowait()
-            if not isinstance(later, TextDelta) or later.index != event.index:
-                held = later
-                break
-            event = TextDelta(event.index, event.text + later.text, event.logprobs + later.logprobs,
-                              later.finish_reason)
-        yield event
-
-
-def _next_event(events: queue.SimpleQueue, cancel: threading.Event) -> Any:
-    """The request's next event; DONE as soon as the caller cancels."""
-    while not cancel.is_set():
-        try:
-            return events.get(timeout=POLL_S)
-        except queue.Empty:
-            pass
-    return DONE
 
 
 def physical_cores() -> int:

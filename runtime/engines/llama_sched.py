@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import llama_cpp.llama_cpp as ll
 
 from runtime.engines.llama_kv import KVLedger, Prefix
-from runtime.engines.llama_seq import DONE, Choice, Request, emit, token_logprob
+from runtime.engines.llama_seq import Choice, Request, emit, token_logprob
+from runtime.engines.llama_stream import DONE
 from runtime.errors import ContextLengthExceededError, EngineError
 
 if TYPE_CHECKING:

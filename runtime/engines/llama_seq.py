@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-import queue
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,9 +18,9 @@ import numpy as np
 
 from runtime.engines.base import SamplingParams, TextDelta, TokenLogprob, Usage
 from runtime.engines.llama import StopScanner
+from runtime.engines.llama_stream import DONE, Mailbox
 from runtime.errors import InvalidRequestError
 
-DONE = "done"  # the event that ends a request's stream
 NEGLIGIBLE_P = 1e-6
 
 
@@ -95,7 +94,7 @@ class Request:
     cancel: threading.Event
     age: int  # submission order: the youngest is pre-empted first
     choices: list[Choice] = field(default_factory=list)
-    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    events: Mailbox = field(default_factory=Mailbox)
     forked: bool = False  # choices beyond the first share the prompt once it is evaluated
     admitted_before: bool = False
     abandoned: threading.Event = field(default_factory=threading.Event)  # the caller stopped reading

@@ -11,13 +11,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
+
 from runtime.engines.base import SamplingParams, TextDelta, TextEngine, Usage
 from runtime.errors import ContextLengthExceededError, InvalidRequestError
 from runtime.protocol import chat as wire
 from runtime.protocol.chat import ChatMessage, CreateChatCompletionRequest
 from runtime.worker import grammar
 from runtime.worker.choices import ChoiceOutput
-from runtime.worker.threads import stream_in_thread
+from runtime.worker.threads import read_on_loop
 
 NON_TEXT_PARTS = {"image_url": "image", "input_audio": "audio", "file": "file"}
 
@@ -178,8 +180,8 @@ async def stream(engine: TextEngine, job: ChatJob, usage: Usage,
             lps, held[index] = held[index], []
         return chunk([wire.chunk_choice(index, delta, lps)])
 
-    produce = lambda: engine.generate(job.prompt, job.params, job.n, usage, cancel)  # noqa: E731
-    async for delta in stream_in_thread(produce, cancel):
+    deltas = await run_in_threadpool(engine.generate, job.prompt, job.params, job.n, usage, cancel)
+    async for delta in read_on_loop(deltas, cancel):
         index, out = delta.index, outputs[delta.index]
         if index not in opened:
             opened.add(index)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
@@ -55,6 +55,14 @@ async def stream_in_thread(produce: Callable[[], Iterator[T]], cancel: threading
                 yield item
     finally:
         cancel.set()
+
+
+def read_on_loop(items: Iterable[T], cancel: threading.Event) -> AsyncIterator[T]:
+    """An engine's stream on the event loop: directly when the engine can wake the loop itself (no
+    hand-over through a thread per item), else through `stream_in_thread`."""
+    if isinstance(items, AsyncIterable):
+        return aiter(items)
+    return stream_in_thread(lambda: iter(items), cancel)
 
 
 async def primed(events: AsyncIterator[T]) -> AsyncIterator[T]:
