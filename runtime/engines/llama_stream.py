@@ -72,41 +72,44 @@ class DeltaStream:
     def __init__(self, request: Request, submit: Callable[[Request], None]) -> None:
         self._request = request
         self._submit = submit
+        self._done = False
 
     def __iter__(self) -> Iterator[TextDelta]:
         mailbox, cancel = self._request.events, self._request.cancel
         self._submit(self._request)
-        finished = False
         try:
-            while True:
-                for event in merged([mailbox.wait(cancel), *mailbox.ready()]):
-                    if event is DONE:
-                        finished = True
-                        return
-                    yield _delta(event)
+            while not self._done:
+                yield from self._until_done([mailbox.wait(cancel), *mailbox.ready()])
         finally:
-            if not finished:
-                self._request.abandoned.set()
+            self._abandon_unless_done()
 
     async def __aiter__(self) -> AsyncIterator[TextDelta]:
         mailbox, ready = self._request.events, asyncio.Event()
         mailbox.wake_loop(ready)
         self._submit(self._request)
-        finished = False
         try:
-            while True:
+            while not self._done:
                 ready.clear()
                 events = mailbox.ready()
                 if not events:
                     await ready.wait()
-                for event in merged(events):
-                    if event is DONE:
-                        finished = True
-                        return
-                    yield _delta(event)
+                for delta in self._until_done(events):
+                    yield delta
         finally:
-            if not finished:
-                self._request.abandoned.set()
+            self._abandon_unless_done()
+
+    def _until_done(self, events: list[Any]) -> Iterator[TextDelta]:
+        for event in merged(events):
+            if event is DONE:
+                self._done = True
+                return
+            if isinstance(event, Exception):
+                raise event
+            yield event
+
+    def _abandon_unless_done(self) -> None:
+        if not self._done:
+            self._request.abandoned.set()
 
 
 def merged(events: list[Any]) -> list[Any]:
@@ -122,9 +125,3 @@ def merged(events: list[Any]) -> list[Any]:
         else:
             out.append(event)
     return out
-
-
-def _delta(event: Any) -> TextDelta:
-    if isinstance(event, Exception):
-        raise event
-    return event
