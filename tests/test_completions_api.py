@@ -70,6 +70,26 @@ def test_stream_with_usage(base_url: str) -> None:
     assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == plain["choices"][0]["text"]
 
 
+def test_stream_of_two_prompts_with_n2_numbers_choices_across_prompts(client: openai.OpenAI) -> None:
+    prompts = [PROMPT, "Water boils at"]
+    stream = client.completions.create(model=MODEL, prompt=prompts, n=2, max_tokens=3, temperature=0, stream=True,
+                                       stream_options={"include_usage": True})
+    texts: dict[int, str] = {}
+    finishes: dict[int, list[str]] = {}
+    usage = None
+    for chunk in stream:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + choice.text
+            if choice.finish_reason:
+                finishes.setdefault(choice.index, []).append(choice.finish_reason)
+    assert finishes == {i: ["length"] for i in range(4)}
+    whole = client.completions.create(model=MODEL, prompt=prompts, n=2, max_tokens=3, temperature=0)
+    assert texts == {c.index: c.text for c in whole.choices}
+    assert usage is not None and usage.completion_tokens == 12
+    assert usage.prompt_tokens == whole.usage.prompt_tokens
+
+
 def test_suffix_without_infill_tokens_is_a_clear_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client.completions.create(model=MODEL, prompt="def f(", suffix="return 1", max_tokens=4)

@@ -14,7 +14,7 @@ from runtime.protocol import completions as wire
 from runtime.protocol.chat import stop_list
 from runtime.protocol.completions import CreateCompletionRequest
 from runtime.worker.chat import check_context, sampling_params
-from runtime.worker.threads import stream_in_thread
+from runtime.worker.threads import read_on_loop
 
 
 @dataclass
@@ -59,6 +59,16 @@ def generate_all(engine: TextEngine, job: CompletionJob, cancel: threading.Event
         usage = Usage()
         job.usages.append(usage)
         for delta in engine.generate(prompt, job.params, job.n, usage, cancel):
+            yield number * job.n + delta.index, delta
+
+
+async def stream_all(engine: TextEngine, job: CompletionJob,
+                     cancel: threading.Event) -> AsyncIterator[tuple[int, TextDelta]]:
+    """`generate_all` read on the event loop (see `read_on_loop`)."""
+    for number, prompt in enumerate(job.prompts):
+        usage = Usage()
+        job.usages.append(usage)
+        async for delta in read_on_loop(engine.generate(prompt, job.params, job.n, usage, cancel), cancel):
             yield number * job.n + delta.index, delta
 
 
@@ -107,7 +117,7 @@ async def stream(engine: TextEngine, job: CompletionJob, cancel: threading.Event
         choices = [wire.choice(index, text, finish_reason, logprobs)]
         return wire.completion(job.completion_id, job.created, job.request.model, job.fingerprint, choices, None)
 
-    async for index, delta in stream_in_thread(lambda: generate_all(engine, job, cancel), cancel):
+    async for index, delta in stream_all(engine, job, cancel):
         if index not in offsets:
             echo = job.echoes[index // job.n]
             offsets[index] = len(echo)
