@@ -2,7 +2,7 @@
 
 Every token of a stream passes through here, once per client, so the relay does only what it needs:
 one connection per request, no pool, no redirects, no timeouts (the client's disconnect ends it).
-A general client (httpx) spent most of the server's time per token in its layers.
+A general client (httpx, on anyio and httpcore) took about half of the server's time per token.
 """
 
 from __future__ import annotations
