@@ -83,12 +83,14 @@ def test_concurrent_requests_each_get_their_own_answer(engine: BatchEngine, smol
         cold.close()
     assert "Paris" in "".join(t.token for t in alone[0][:3])
     for mine, own in zip(together, alone, strict=True):
-        # Identical, or identical up to a near-tie that llama.cpp's cell order tipped the other way.
+        # Identical, or identical up to a near-tie that llama.cpp's cell order tipped the other way (it
+        # can come at any token: "Two plus two equals five" has "." and "," 0.06 apart next). A crossed
+        # stream would not pick the runner-up of this prompt's own distribution at nearly its probability.
         same = next((i for i, (a, b) in enumerate(zip(mine, own, strict=True)) if a.token != b.token), None)
         if same is not None:
-            assert same >= 3, (mine, own)
             top = own[same].top
-            assert top[0][1] - top[1][1] < 0.1 and mine[same].token == top[1][0]
+            assert top[0][1] - top[1][1] < 0.15 and mine[same].token == top[1][0], (same, mine, own)
+            assert abs(mine[same].logprob - top[1][1]) < 0.25, (same, mine, own)
 
 
 def tokens_of(deltas: list[TextDelta]) -> list[TokenLogprob]:
