@@ -18,7 +18,7 @@ from runtime.engines.chat_template import ChatTemplate
 from runtime.engines.llama_stream import DeltaStream
 from runtime.errors import InvalidRequestError
 
-DEFAULT_CTX = 8192
+DEFAULT_CTX = 8192  # a chat model's context when --ctx-size is unset (capped by the model's own)
 
 
 class StopScanner:

@@ -24,7 +24,7 @@ from typing import Any
 import llama_cpp.llama_cpp as ll
 
 from runtime.engines.base import SamplingParams, Usage
-from runtime.engines.llama import StopScanner
+from runtime.engines.llama import DEFAULT_CTX, StopScanner
 from runtime.engines.llama_embed import EmbeddingBatcher, EmbedJob
 from runtime.engines.llama_sched import GenerationScheduler
 from runtime.engines.llama_seq import Choice, Request, SamplerChain
@@ -32,7 +32,6 @@ from runtime.engines.llama_stream import DONE, POLL_S, DeltaStream
 from runtime.engines.options import EngineOptions
 from runtime.errors import ContextLengthExceededError, EngineError, InvalidRequestError
 
-DEFAULT_CTX = 8192
 BATCH_TOKENS = 512  # tokens per decode: bounds how long one prefill chunk stalls the other streams
 CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
                "iq4_nl": 20, "bf16": 30}
@@ -58,7 +57,7 @@ class BatchEngine:
         if embedding:
             self._worker: Any = EmbeddingBatcher(self._ctx, self._model, self._batch_tokens, self._n_seqs)
         else:
-            self._worker = GenerationScheduler(self, self._ctx, self.parallel, self._n_seqs)
+            self._worker = GenerationScheduler(self, self._ctx, self.parallel)
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="llama-decode", daemon=True)
         self._thread.start()

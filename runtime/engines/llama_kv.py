@@ -51,10 +51,6 @@ class KVLedger:
     def free_cells(self) -> int:
         return self.n_cells - self.used
 
-    @property
-    def free_ids(self) -> int:
-        return len(self._free_ids)
-
     def acquire(self) -> int:
         return self._free_ids.pop()
 

@@ -26,13 +26,13 @@ DECODE_NO_SLOT = 1  # llama_decode: no room in the KV cache; the cache is left a
 
 
 class GenerationScheduler:
-    def __init__(self, engine: BatchEngine, ctx: Any, parallel: int, n_seqs: int) -> None:
+    def __init__(self, engine: BatchEngine, ctx: Any, parallel: int) -> None:
         self._engine = engine
         self._ctx = ctx
         self._parallel = parallel
         self._batch_size = ll.llama_n_batch(ctx)
         self._batch = ll.llama_batch_init(self._batch_size, 0, 1)
-        self._ledger = KVLedger(ctx, ll.llama_n_ctx(ctx), n_seqs)
+        self._ledger = KVLedger(ctx, ll.llama_n_ctx(ctx), parallel)  # one sequence id per generating choice
         self._pending: list[Request] = []  # oldest first
         self._active: list[Request] = []  # in admission order
         self._preemptions = 0
@@ -82,7 +82,7 @@ class GenerationScheduler:
         while self._pending:
             request = self._pending[0]
             choices = [c for c in request.choices if not c.finished]
-            if self._slots_used() + len(choices) > self._parallel or self._ledger.free_ids < len(choices):
+            if self._slots_used() + len(choices) > self._parallel:
                 return
             starters = choices if request.forked else choices[:1]
             prefixes = self._room_for(starters, len(choices))

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from runtime.engines.llama import DEFAULT_CTX  # the engine's context when --ctx-size is unset
 from runtime.engines.options import EngineOptions
 
 log = logging.getLogger("stacklet.scheduler")
@@ -16,7 +17,6 @@ log = logging.getLogger("stacklet.scheduler")
 MIB = 1024 * 1024
 OVERHEAD = 256 * MIB  # interpreter, engine library, compute buffers
 RAM_SHARE = 0.8  # leave the rest to the OS and the server itself
-DEFAULT_CTX = 8192  # the llama engine's context when --ctx-size is unset (capped by the model's)
 KV_COPIES = {"llm": 2, "embedding": 1}  # a chat model's host cache of idle prefixes matches its KV pool
 CACHE_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 1.0625, "q5_0": 0.6875, "q5_1": 0.75,
                     "q4_0": 0.5625, "q4_1": 0.625, "iq4_nl": 0.5625}
