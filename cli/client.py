@@ -1,12 +1,10 @@
-"""Finding the running server and talking to its management API from the CLI."""
+"""Finding the running server and talking to it from the CLI: its management API, and the OpenAI API
+of it or of any other server. Import-light (every command imports it): the rest loads when called."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-
-from runtime.config import Paths, Settings
 from runtime.errors import (
     AuthenticationError,
     ConflictError,
@@ -16,28 +14,26 @@ from runtime.errors import (
     ServiceUnavailableError,
     StackletError,
 )
-from runtime.scheduler import state
-from runtime.scheduler.state import ServerInfo
+
+if TYPE_CHECKING:
+    import httpx
+
+    from runtime.config import Paths
+    from runtime.server.state import ServerInfo
 
 ERRORS_BY_STATUS: dict[int, type[StackletError]] = {
-    400: InvalidRequestError, 401: AuthenticationError, 404: NotFoundError, 409: ConflictError,
-    503: ServiceUnavailableError,
+    error.status: error
+    for error in (InvalidRequestError, AuthenticationError, NotFoundError, ConflictError, ServiceUnavailableError)
 }
 NOT_RUNNING = "No stacklet server is running. Start one with `stacklet serve -d`."
 TIMEOUT_S = 30.0
-
-
-def running_server(paths: Paths) -> ServerInfo | None:
-    """The live server of this STACKLET_HOME; a record left by a dead server is removed."""
-    info = state.read(paths)
-    if info is not None and not info.is_running():
-        state.retract(paths, info.pid)
-        return None
-    return info
+OPENAI_TIMEOUT_S = 600.0  # a long generation is one request
 
 
 def require_server(paths: Paths) -> ServerInfo:
-    info = running_server(paths)
+    from runtime.server import state
+
+    info = state.running(paths)
     if info is None:
         raise ServerNotRunningError(NOT_RUNNING)
     return info
@@ -45,6 +41,7 @@ def require_server(paths: Paths) -> ServerInfo:
 
 def local_openai_target() -> tuple[str, str]:
     """(OpenAI base URL, API key) of the running background server, using the CLI's admin key."""
+    from runtime.config import Settings
     from runtime.store.keys import admin_key
 
     paths = Settings.load().paths
@@ -52,10 +49,29 @@ def local_openai_target() -> tuple[str, str]:
     return f"{info.url}/v1", admin_key(paths)
 
 
+def openai_target(base_url: str | None, api_key: str | None) -> tuple[str, str | None]:
+    """`--base-url` and `--api-key` as given; with no base URL, the running stacklet server and (unless
+    a key is given) the CLI's admin key."""
+    if base_url is not None:
+        return base_url, api_key
+    local_url, admin = local_openai_target()
+    return local_url, api_key or admin
+
+
+def openai_client(base_url: str | None = None, api_key: str | None = None) -> Any:
+    """An official openai client for `openai_target(base_url, api_key)`."""
+    import openai
+
+    base_url, api_key = openai_target(base_url, api_key)
+    return openai.OpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0, timeout=OPENAI_TIMEOUT_S)
+
+
 class ServerClient:
     """Management calls with the CLI's admin key; API errors become StackletError."""
 
     def __init__(self, paths: Paths) -> None:
+        import httpx
+
         from runtime.store.keys import admin_key
 
         self.info = require_server(paths)
@@ -63,14 +79,10 @@ class ServerClient:
                                   headers={"Authorization": f"Bearer {admin_key(paths)}"})
 
     def get(self, path: str) -> Any:
-        return self._request("GET", path)
+        import httpx
 
-    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        return self._request("POST", path, json=body or {})
-
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
-            response = self._http.request(method, path, **kwargs)
+            response = self._http.get(path)
         except httpx.HTTPError as exc:
             raise ServerNotRunningError(f"The server at {self.info.url} does not answer ({exc}).") from None
         if response.status_code >= 400:

@@ -31,12 +31,17 @@ def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -
     console.print(view)
 
 
+def say(text: str, markup: bool = True) -> None:
+    """One message, never re-wrapped (so URLs, paths, keys and commands stay copyable)."""
+    console.print(text, highlight=False, soft_wrap=True, markup=markup)
+
+
 def human_size(size: int | None) -> str:
     if size is None:
         return "-"
     value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
     return f"{value:.1f} TB"

@@ -1,9 +1,9 @@
-"""Shared machinery for `stacklet test ...`: an openai client, timed checks and one report."""
+"""Shared machinery for `stacklet test ...`: timed checks and one report."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -71,22 +71,3 @@ class Report:
 def _seconds(value: float | None) -> str:
     return f"{value:.2f}s" if value is not None else ""
 
-
-def openai_client(base_url: str | None, api_key: str | None) -> Any:
-    """An official openai client for `base_url`, or for the running stacklet server and its key."""
-    import openai
-
-    if base_url is None:
-        from cli.client import local_openai_target
-
-        base_url, default_key = local_openai_target()
-        api_key = api_key or default_key
-    return openai.OpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0, timeout=600)
-
-
-BaseUrlOption = typer.Option(None, "--base-url", help="OpenAI base URL, e.g. http://127.0.0.1:8080/v1 "
-                             "(default: the running stacklet server).")
-ApiKeyOption = typer.Option(None, "--api-key", envvar="STACKLET_API_KEY", help="API key for --base-url.")
-JsonOption = typer.Option(False, "--json", help="Print the results as JSON.")
-
-CheckFn = Callable[[Report], None]

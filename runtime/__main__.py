@@ -13,8 +13,8 @@ from dataclasses import fields
 from typing import Any
 
 from runtime.config import Settings
-from runtime.engines.options import EngineOptions
 from runtime.errors import StackletError
+from runtime.options import EngineOptions
 
 ENGINE_PREFIX = "engine."
 

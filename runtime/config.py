@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from runtime.engines.options import EngineOptions
 from runtime.errors import ConfigError
+from runtime.options import EngineOptions
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,6 +51,11 @@ class Paths:
     @property
     def models(self) -> Path:
         return self.cache / "hub"
+
+    @property
+    def images(self) -> Path:
+        """Images generated for `response_format: url`, written by workers and served by the server."""
+        return self.cache / "images"
 
     @property
     def database(self) -> Path:

@@ -58,6 +58,15 @@ class ContextLengthExceededError(InvalidRequestError):
         super().__init__(message, param=param)
 
 
+def check_context(limit: int, prompt_tokens: int, max_tokens: int | None = None, *, param: str = "messages",
+                  generating: bool = True) -> None:
+    """The one context-length rule: the prompt and `max_tokens` must fit, and a generating request needs
+    room for at least one token (an embedding input may fill the whole context)."""
+    room = max(max_tokens or 0, 1 if generating else 0)
+    if prompt_tokens + room > limit:
+        raise ContextLengthExceededError(limit, prompt_tokens, max_tokens, param=param)
+
+
 class AuthenticationError(StackletError):
     status = 401
     type = "invalid_request_error"

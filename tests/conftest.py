@@ -89,8 +89,8 @@ def client(base_url: str) -> Any:
 @pytest.fixture(scope="session")
 def smollm_engine(smollm_gguf: Path) -> Iterator[Any]:
     """A real LlamaEngine on SmolLM2-135M-Instruct, shared by the text tests."""
-    from runtime.engines.base import ModelSpec
-    from runtime.engines.llama import LlamaEngine
+    from runtime.engines.llama.engine import LlamaEngine
+    from runtime.spec import ModelSpec
 
     engine = LlamaEngine(ModelSpec("SmolLM2-135M-Instruct", "llm", "llama", {"model": smollm_gguf}))
     yield engine
@@ -100,8 +100,8 @@ def smollm_engine(smollm_gguf: Path) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def minilm_engine(minilm_gguf: Path) -> Iterator[Any]:
     """A real LlamaEngine on all-MiniLM-L6-v2 (embeddings only)."""
-    from runtime.engines.base import ModelSpec
-    from runtime.engines.llama import LlamaEngine
+    from runtime.engines.llama.engine import LlamaEngine
+    from runtime.spec import ModelSpec
 
     engine = LlamaEngine(ModelSpec("all-MiniLM-L6-v2", "embedding", "llama", {"model": minilm_gguf}))
     yield engine
@@ -111,15 +111,24 @@ def minilm_engine(minilm_gguf: Path) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def text_app() -> Callable[[Any], Any]:
     """`text_app(engine)`: an app serving only the text routes (no lifespan, so shared engines stay open)."""
-    from fastapi import FastAPI
+    import apps
 
-    from runtime.server.errors import install_error_handlers
-    from runtime.worker.text import create_router
+    return apps.text_app
 
-    def build(engine: Any) -> Any:
-        app = FastAPI()
-        install_error_handlers(app)
-        app.include_router(create_router(engine))
-        return app
 
-    return build
+# Markers, set from what a test uses: `-m real_engine` runs the behaviour tests on real small models,
+# `-m fake_engine` the plumbing tests on the fake engine.
+REAL_MODELS = {"smollm_gguf", "minilm_gguf", "whisper_dir", "piper_voice", "sd15_checkpoint", "taesd"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    fake_modules: dict[str, bool] = {}
+    for item in items:
+        if REAL_MODELS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_engine)
+        path = str(item.path)
+        if path not in fake_modules:
+            source = item.path.read_text()
+            fake_modules[path] = "FakeEngine" in source or '"fake"' in source
+        if fake_modules[path]:
+            item.add_marker(pytest.mark.fake_engine)

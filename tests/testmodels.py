@@ -1,14 +1,27 @@
-"""The real small test models: the same installer the demo uses (cli/offline_models.py)."""
+"""The real small test models: the ones `stacklet demo` serves (cli/demo_models.py), in the same cache.
 
-from cli.offline_models import (  # noqa: F401
-    install_all,
-    minilm_gguf,
-    piper_voice,
-    sd15_checkpoint,
-    smollm_gguf,
-    taesd,
-    whisper_dir,
-)
+`python tests/testmodels.py` installs them all up front; STACKLET_OFFLINE_MODELS moves the cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cli.demo_models import minilm_gguf, piper_voice, sd15_checkpoint, smollm_gguf, taesd, whisper_dir
+
+__all__ = ["install_all", "minilm_gguf", "piper_voice", "sd15_checkpoint", "smollm_gguf", "taesd", "whisper_dir"]
+
+
+def install_all() -> dict[str, Path]:
+    return {
+        "smollm": smollm_gguf(),
+        "minilm": minilm_gguf(),
+        "whisper": whisper_dir(),
+        "piper": piper_voice(),
+        "sd15": sd15_checkpoint(),
+        "taesd": taesd(),
+    }
+
 
 if __name__ == "__main__":
     for name, path in install_all().items():

@@ -19,7 +19,8 @@ from typing import Any
 import typer
 
 from cli import output
-from cli.smoke import ApiKeyOption, BaseUrlOption, JsonOption
+from cli.client import OPENAI_TIMEOUT_S, openai_target
+from cli.options import ApiKeyOption, BaseUrlOption, JsonOption
 from runtime.errors import InvalidRequestError
 
 FILLER = ("The old lighthouse keeper walked along the rocky shore and watched the grey waves roll in "
@@ -63,22 +64,18 @@ class BenchResult:
 
 def bench(
     model: str | None = typer.Argument(None, help="Model to benchmark (default: the server's first model)."),
-    base_url: str | None = BaseUrlOption,
-    api_key: str | None = ApiKeyOption,
+    base_url: BaseUrlOption = None,
+    api_key: ApiKeyOption = None,
     concurrency: str = typer.Option("1,2,4,8,16", "--concurrency", help="Comma-separated concurrency levels."),
     max_tokens: int = typer.Option(128, "--max-tokens", min=1, help="Tokens to generate per request."),
     prompt_tokens: int = typer.Option(64, "--prompt-tokens", min=8, help="Approximate prompt length."),
     requests_per_level: int = typer.Option(0, "--requests-per-level", min=0,
                                            help="Requests per level (default: twice the concurrency)."),
-    as_json: bool = JsonOption,
+    as_json: JsonOption = False,
 ) -> None:
     """Measure tokens/s, time to first token and prefix reuse under concurrent streaming load."""
     levels = _levels(concurrency)
-    if base_url is None:
-        from cli.client import local_openai_target
-
-        base_url, default_key = local_openai_target()
-        api_key = api_key or default_key
+    base_url, api_key = openai_target(base_url, api_key)
     result = asyncio.run(_run(base_url.rstrip("/"), api_key, model, levels, max_tokens, prompt_tokens,
                               requests_per_level))
     if as_json:
@@ -102,7 +99,7 @@ async def _run(base_url: str, api_key: str | None, model: str | None, levels: li
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key or 'none'}"}
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=600,
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=OPENAI_TIMEOUT_S,
                                  limits=httpx.Limits(max_connections=max(levels) + 8)) as client:
         model = model or await _first_model(client)
         result = BenchResult(base_url, model)

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from cli import output
+from cli.client import openai_client
 from runtime.errors import InvalidRequestError, ServerNotRunningError, StackletError
 
 EXIT_WORDS = ("/bye", "/exit", "/quit")
@@ -44,20 +45,15 @@ def chat(
 
 
 def _client() -> Any:
-    import openai
-
-    from cli.client import local_openai_target
-
     try:
-        base_url, api_key = local_openai_target()
+        return openai_client()
     except ServerNotRunningError:
         from cli.commands.server import start_background
 
         output.err_console.print("No server is running; starting one in the background.", style="dim")
         with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the answer
             start_background({})
-        base_url, api_key = local_openai_target()
-    return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600)
+        return openai_client()
 
 
 def _repl(client: Any, model: str, history: list[dict[str, str]], options: dict[str, Any]) -> None:

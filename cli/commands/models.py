@@ -10,23 +10,17 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cli import engine_options, output
+from cli import options, output
+from cli.output import say
 from runtime.errors import InvalidRequestError, StackletError
+from runtime.spec import KINDS
 
 if TYPE_CHECKING:
     from runtime.store.registry import ModelRecord
     from runtime.store.store import Store
 
 
-class Kind(str, Enum):
-    llm = "llm"
-    embedding = "embedding"
-    image = "image"
-    speech = "speech"
-    transcription = "transcription"
-
-
-JsonOption = typer.Option(False, "--json", help="Machine-readable output (see the command help for the keys).")
+Kind = Enum("Kind", {name: name for name in KINDS}, type=str)  # the choices of --kind
 KindOption = typer.Option(None, "--kind", help="Override the detected kind.")
 FileOption = typer.Option(None, "--file", "-f", help="File name or glob in the repo (repeatable).")
 
@@ -65,13 +59,13 @@ def pull(
     files: list[str] | None = FileOption,
     token: str | None = typer.Option(None, "--token", help="Hugging Face token for gated repos (default: HF_TOKEN).",
                                      show_default=False),
-    as_json: bool = JsonOption,
+    as_json: options.JsonOption = False,
 ) -> None:
     store = _store()
-    options: dict[str, Any] = {"name": name, "kind": kind.value if kind else None, "revision": revision,
+    request: dict[str, Any] = {"name": name, "kind": kind.value if kind else None, "revision": revision,
                                "files": files or None, "token": token}
     try:
-        record = _pull_json(store, source, options) if as_json else _pull_with_bars(store, source, options)
+        record = _pull_json(store, source, request) if as_json else _pull_with_bars(store, source, request)
     except KeyboardInterrupt:
         output.error("Interrupted. The partial download is kept: run the same command again to resume.")
         raise typer.Exit(130) from None
@@ -83,18 +77,18 @@ def pull(
         )
 
 
-def _pull_json(store: Store, source: str, options: dict[str, Any]) -> ModelRecord:
+def _pull_json(store: Store, source: str, request: dict[str, Any]) -> ModelRecord:
     try:
-        return store.pull(source, progress=output.print_json_line, **options)
+        return store.pull(source, progress=output.print_json_line, **request)
     except StackletError as exc:
         output.print_json_line({"event": "error", "message": exc.message, "type": exc.type, "code": exc.code})
         raise
 
 
-def _pull_with_bars(store: Store, source: str, options: dict[str, Any]) -> ModelRecord:
+def _pull_with_bars(store: Store, source: str, request: dict[str, Any]) -> ModelRecord:
     view = _PullView()
     with view.progress:
-        return store.pull(source, progress=view.on_event, **options)
+        return store.pull(source, progress=view.on_event, **request)
 
 
 class _PullView:
@@ -131,7 +125,7 @@ class _PullView:
             self.progress.console.print(f"  verified {event['file']} sha256:{event['sha256'][:16]}", highlight=False)
 
 
-def list_models(as_json: bool = JsonOption) -> None:
+def list_models(as_json: options.JsonOption = False) -> None:
     """List the models in the store.
 
     --json prints an array of model records: {name, kind, engine, size, source, files: [{role, path, size,
@@ -156,7 +150,7 @@ def _model_names(incomplete: str) -> list[str]:
 NameArgument = typer.Argument(..., help="Model name.", autocompletion=_model_names)
 
 
-def show(name: str = NameArgument, as_json: bool = JsonOption) -> None:
+def show(name: str = NameArgument, as_json: options.JsonOption = False) -> None:
     """Show a model: files, sizes, metadata, chat template and engine options.
 
     --json prints the model record: {name, kind, engine, size, source, files: [{role, path, size, sha256,
@@ -182,7 +176,7 @@ def show(name: str = NameArgument, as_json: bool = JsonOption) -> None:
     output.table(["ROLE", "FILE", "SIZE", "SHA256"],
                  [[f["role"], _repo_file(f["path"]), output.human_size(f["size"]), (f["sha256"] or "")[:16]]
                   for f in data["files"]])
-    output.console.print(f"folder: {Path(data['files'][0]['local_path']).parent}", highlight=False, soft_wrap=True)
+    say(f"folder: {Path(data['files'][0]['local_path']).parent}")
     if template:
         output.console.rule("chat template")
         output.console.print(template, markup=False, highlight=False, soft_wrap=True)
@@ -214,7 +208,7 @@ keep_alive counts from its next request. `--unset NAME` (repeatable) clears one,
 
 
 def _settable_names(incomplete: str) -> list[str]:
-    from runtime.engines.options import EngineOptions
+    from runtime.options import EngineOptions
 
     return [name for name in (*EngineOptions.field_names(), "keep_alive") if name.startswith(incomplete)]
 
@@ -225,26 +219,26 @@ UnsetOption = typer.Option(None, "--unset", metavar="NAME", help="Clear a stored
 
 def set_options(
     name: str = NameArgument,
-    n_gpu_layers: str | None = engine_options.NGpuLayersOption,
-    main_gpu: int | None = engine_options.MainGpuOption,
-    tensor_split: str | None = engine_options.TensorSplitOption,
-    split_mode: str | None = engine_options.SplitModeOption,
-    flash_attn: str | None = engine_options.FlashAttnOption,
-    ctx_size: int | None = engine_options.CtxSizeOption,
-    parallel: int | None = engine_options.ParallelOption,
-    cache_type_k: str | None = engine_options.CacheTypeKOption,
-    cache_type_v: str | None = engine_options.CacheTypeVOption,
-    threads: int | None = engine_options.ThreadsOption,
-    no_mmap: bool = engine_options.NoMmapOption,
-    vae_tiling: bool = engine_options.VaeTilingOption,
-    clip_on_cpu: bool = engine_options.ClipOnCpuOption,
-    vae_on_cpu: bool = engine_options.VaeOnCpuOption,
+    n_gpu_layers: options.NGpuLayersOption = None,
+    main_gpu: options.MainGpuOption = None,
+    tensor_split: options.TensorSplitOption = None,
+    split_mode: options.SplitModeOption = None,
+    flash_attn: options.FlashAttnOption = None,
+    ctx_size: options.CtxSizeOption = None,
+    parallel: options.ParallelOption = None,
+    cache_type_k: options.CacheTypeKOption = None,
+    cache_type_v: options.CacheTypeVOption = None,
+    threads: options.ThreadsOption = None,
+    no_mmap: options.NoMmapOption = False,
+    vae_tiling: options.VaeTilingOption = False,
+    clip_on_cpu: options.ClipOnCpuOption = False,
+    vae_on_cpu: options.VaeOnCpuOption = False,
     keep_alive: str | None = typer.Option(None, "--keep-alive", help="How long the model stays loaded when idle: "
                                           "seconds or 30s/5m/1h; negative = forever."),
     unset: list[str] | None = UnsetOption,
-    as_json: bool = JsonOption,
+    as_json: options.JsonOption = False,
 ) -> None:
-    patch: dict[str, Any] = engine_options.given(locals())
+    patch: dict[str, Any] = options.engine_given(locals())
     if keep_alive is not None:
         patch["keep_alive"] = keep_alive
     for option in unset or []:
@@ -258,11 +252,9 @@ def set_options(
         output.print_json(record.to_dict())
         return
     verb = "Stored with" if patch else "Options of"
-    output.console.print(f"{verb} {record.name}: {_options_text(record) or 'none (server defaults)'}.",
-                         highlight=False, soft_wrap=True)
+    say(f"{verb} {record.name}: {_options_text(record) or 'none (server defaults)'}.")
     if patch:
-        output.console.print("A loaded model keeps its current options until it reloads (see `stacklet ps`).",
-                             highlight=False, soft_wrap=True)
+        say("A loaded model keeps its current options until it reloads (see `stacklet ps`).")
 
 
 def _options_text(record: ModelRecord) -> str:

@@ -7,16 +7,12 @@ from typing import Any
 
 import typer
 
-from cli import engine_options, output
+from cli import options, output
+from cli.output import say
 
 HEALTH_TIMEOUT_S = 120.0  # first start-up imports the web stack and opens the database
 STOP_TIMEOUT_S = 30.0  # the server lets requests finish and stops every worker first
 LOG_FILE = "server.log"
-
-
-def say(text: str, markup: bool = True) -> None:
-    """One message, never re-wrapped (so URLs and commands stay copyable)."""
-    output.console.print(text, highlight=False, soft_wrap=True, markup=markup)
 
 
 def register(app: typer.Typer) -> None:
@@ -38,25 +34,25 @@ def serve(
                                           "limit beyond memory)."),
     memory_budget: str | None = typer.Option(None, "--memory-budget", help="Memory for loaded models, e.g. 12G "
                                       "(default: 80% of RAM, plus VRAM when offloading)."),
-    n_gpu_layers: str | None = engine_options.NGpuLayersOption,
-    main_gpu: int | None = engine_options.MainGpuOption,
-    tensor_split: str | None = engine_options.TensorSplitOption,
-    split_mode: str | None = engine_options.SplitModeOption,
-    flash_attn: str | None = engine_options.FlashAttnOption,
-    ctx_size: int | None = engine_options.CtxSizeOption,
-    parallel: int | None = engine_options.ParallelOption,
-    cache_type_k: str | None = engine_options.CacheTypeKOption,
-    cache_type_v: str | None = engine_options.CacheTypeVOption,
-    threads: int | None = engine_options.ThreadsOption,
-    no_mmap: bool = engine_options.NoMmapOption,
-    vae_tiling: bool = engine_options.VaeTilingOption,
-    clip_on_cpu: bool = engine_options.ClipOnCpuOption,
-    vae_on_cpu: bool = engine_options.VaeOnCpuOption,
+    n_gpu_layers: options.NGpuLayersOption = None,
+    main_gpu: options.MainGpuOption = None,
+    tensor_split: options.TensorSplitOption = None,
+    split_mode: options.SplitModeOption = None,
+    flash_attn: options.FlashAttnOption = None,
+    ctx_size: options.CtxSizeOption = None,
+    parallel: options.ParallelOption = None,
+    cache_type_k: options.CacheTypeKOption = None,
+    cache_type_v: options.CacheTypeVOption = None,
+    threads: options.ThreadsOption = None,
+    no_mmap: options.NoMmapOption = False,
+    vae_tiling: options.VaeTilingOption = False,
+    clip_on_cpu: options.ClipOnCpuOption = False,
+    vae_on_cpu: options.VaeOnCpuOption = False,
 ) -> None:
     """Serve every local model through the OpenAI-compatible API (foreground unless -d)."""
-    from runtime.scheduler.keepalive import parse_keep_alive
+    from runtime.options import parse_keep_alive
 
-    engine = engine_options.given(locals())
+    engine = options.engine_given(locals())
     overrides: dict[str, Any] = {
         "host": host, "port": port, "auth": False if no_auth else None,
         "keep_alive": None if keep_alive is None else parse_keep_alive(keep_alive),
@@ -70,8 +66,10 @@ def serve(
         run_foreground(overrides)
 
 
-def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def status(as_json: options.JsonOption = False) -> None:
     """Whether the background server runs, where, and since when (exit 7 when it does not)."""
+    from cli.client import NOT_RUNNING
+
     report = server_status()
     if as_json:
         output.print_json(report)
@@ -80,7 +78,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         say(f"stacklet server at {report['url']} (pid {report['pid']}), {health}, up "
             f"{duration(report['uptime_s'])}, {report.get('models_loaded', 0)} model(s) loaded")
     else:
-        say("No stacklet server is running. Start one with `stacklet serve -d`.")
+        say(NOT_RUNNING)
     if not report["running"]:
         raise typer.Exit(7)
 
@@ -98,7 +96,7 @@ def logs(
     print_log(lines, follow)
 
 
-def ps(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def ps(as_json: options.JsonOption = False) -> None:
     """Loaded models: worker pid, memory, queue, active requests, time until unload, options in effect.
 
     The options are the ones the worker was loaded with; options stored since (`stacklet set`) apply
@@ -162,10 +160,11 @@ def server_args(overrides: dict[str, Any]) -> list[str]:
 def run_foreground(overrides: dict[str, Any]) -> None:
     import runtime.__main__ as server_main
     from runtime.config import Settings
+    from runtime.server import state
 
     settings = Settings.load(overrides)
     paths = settings.paths.ensure()
-    _refuse_second_server(paths)
+    state.refuse_second_server(paths)
     check_port_free(settings.host, settings.port)
     raise typer.Exit(server_main.main(server_args(overrides)))
 
@@ -174,13 +173,12 @@ def start_background(overrides: dict[str, Any]) -> None:
     import subprocess
     import sys
 
-    from cli.client import running_server
     from runtime.config import Settings
-    from runtime.scheduler import state
+    from runtime.server import state
 
     settings = Settings.load(overrides)
     paths = settings.paths.ensure()
-    running = running_server(paths)
+    running = state.running(paths)
     if running is not None:
         say(f"A stacklet server is already running at {running.url} (pid {running.pid}).")
         return
@@ -194,16 +192,6 @@ def start_background(overrides: dict[str, Any]) -> None:
     url = state.ServerInfo(process.pid, settings.host, settings.port, time.time()).url
     _wait_healthy(process, url, log_path, start)  # the server publishes its own state record
     _print_ready(url, settings.auth)
-
-
-def _refuse_second_server(paths: Any) -> None:
-    from cli.client import running_server
-    from runtime.errors import ConflictError
-
-    running = running_server(paths)
-    if running is not None:
-        raise ConflictError(f"A stacklet server is already running at {running.url} (pid {running.pid}). "
-                            "Stop it with `stacklet stop`.")
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -268,11 +256,11 @@ def _print_ready(url: str, auth: bool) -> None:
 def server_status() -> dict[str, Any]:
     import httpx
 
-    from cli.client import running_server
     from runtime.config import Settings
+    from runtime.server import state
 
     paths = Settings.load().paths
-    info = running_server(paths)
+    info = state.running(paths)
     if info is None:
         return {"running": False}
     report: dict[str, Any] = {"running": True, "pid": info.pid, "url": info.url, "base_url": f"{info.url}/v1",
@@ -291,7 +279,7 @@ def stop_server(timeout: float) -> str:
     import signal
 
     from runtime.config import Settings
-    from runtime.scheduler import state
+    from runtime.server import state
 
     paths = Settings.load().paths
     info = state.read(paths)

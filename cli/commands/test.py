@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from cli.smoke import ApiKeyOption, BaseUrlOption, JsonOption, Report, openai_client
+from cli.client import openai_client
+from cli.options import ApiKeyOption, BaseUrlOption, JsonOption
+from cli.smoke import Report
 
 test_app = typer.Typer(help="Smoke-test endpoints of stacklet (or any OpenAI-compatible server).",
                        no_args_is_help=True)
 
 
 @test_app.command("models")
-def test_models(base_url: str | None = BaseUrlOption, api_key: str | None = ApiKeyOption,
-                as_json: bool = JsonOption) -> None:
+def test_models(base_url: BaseUrlOption = None, api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
     """List the models the server serves and retrieve each one, through the official openai client."""
     report = Report("models")
     client = openai_client(base_url, api_key)
@@ -30,9 +31,9 @@ def test_models(base_url: str | None = BaseUrlOption, api_key: str | None = ApiK
 
 
 def register(app: typer.Typer) -> None:
-    from cli.commands import test_audio, test_images, test_text
+    from cli.commands import smoke_audio, smoke_images, smoke_text
 
-    test_images.register(test_app)
-    test_audio.register(test_app)
-    test_text.register(test_app)
+    smoke_images.register(test_app)
+    smoke_audio.register(test_app)
+    smoke_text.register(test_app)
     app.add_typer(test_app, name="test")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from runtime.engines.base import ModelSpec
 from runtime.errors import InvalidRequestError
+from runtime.spec import ModelSpec
 
 ENGINES = {
-    "llama": ("runtime.engines.llama", "LlamaEngine"),
+    "llama": ("runtime.engines.llama.engine", "LlamaEngine"),
     "diffusion": ("runtime.engines.diffusion", "DiffusionEngine"),
     "piper": ("runtime.engines.speech", "PiperEngine"),
     "whisper": ("runtime.engines.transcribe", "WhisperEngine"),

@@ -11,45 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
-
-from runtime.engines.options import EngineOptions
-
-KINDS = ("llm", "embedding", "image", "speech", "transcription")
-# What each kind can serve before its engine is loaded (the server routes on this; a loaded
-# engine reports its own `capabilities`, a subset).
-KIND_CAPABILITIES = {
-    "llm": frozenset({"chat", "completions", "embeddings"}),
-    "embedding": frozenset({"embeddings"}),
-    "image": frozenset({"images", "image_edits"}),
-    "speech": frozenset({"speech"}),
-    "transcription": frozenset({"transcriptions", "translations"}),
-}
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What a worker needs to load one model (built from the registry)."""
-
-    name: str
-    kind: str  # one of KINDS
-    engine: str  # "llama", "diffusion", "piper", "whisper" or "fake"
-    files: dict[str, Path]  # role -> path; "model" always, plus e.g. "mmproj", "vae", "taesd", "config"
-    metadata: dict[str, Any] = field(default_factory=dict)
-    options: EngineOptions = field(default_factory=EngineOptions)
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready form the scheduler hands to a worker process."""
-        files = {role: str(path) for role, path in self.files.items()}
-        return {"name": self.name, "kind": self.kind, "engine": self.engine, "files": files,
-                "metadata": self.metadata, "options": self.options.as_dict()}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ModelSpec:
-        files = {role: Path(path) for role, path in data.get("files", {}).items()}
-        return cls(data["name"], data["kind"], data["engine"], files, data.get("metadata", {}),
-                   EngineOptions.from_dict(data.get("options")))
 
 
 class Engine(Protocol):

@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from runtime.engines.base import ImageParams, ModelSpec
+from runtime.engines.base import ImageParams
 from runtime.errors import EngineError, InvalidRequestError, StackletError
+from runtime.spec import ModelSpec
 
 log = logging.getLogger("stacklet.diffusion")
 

@@ -2,10 +2,17 @@
 
 It implements every capability interface; `spec.kind` decides which ones it advertises.
 `spec.metadata` tunes it for tests:
-  fake_delay: seconds to sleep per token / chunk (so a test can disconnect mid-stream)
+  fake_delay: seconds to sleep per decode step / chunk (so a test can disconnect mid-stream)
   fake_crash_after: exit the whole process (os._exit) after this many generated tokens
   fake_load_error: raise EngineError with this message while loading
   context_length, embedding_length: sizes it reports
+
+Text streams the way the llama engine's do (runtime/engines/llama/batch.py), so plumbing tests take
+the path real text takes: `generate` validates up front and returns a DeltaStream over a per-request
+Mailbox; one decode thread steps every running choice of every request together, one token each per
+step. Its "model" prefers one word per step, drawn from a seeded generator; logit_bias moves that
+choice and logprobs are a log-softmax over its ten words. It cannot follow a GBNF grammar (`grammar`
+is ignored) and ignores temperature, top_p and the penalties: it is for plumbing, not for output.
 """
 
 from __future__ import annotations
@@ -13,31 +20,37 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import queue
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from runtime.engines.base import (
-    KIND_CAPABILITIES,
     ImageParams,
-    ModelSpec,
     SamplingParams,
     SpeechChunk,
     TextDelta,
+    TokenLogprob,
     TranscriptionInfo,
     TranscriptionParams,
     TranscriptSegment,
     TranscriptWord,
     Usage,
 )
-from runtime.errors import EngineError, InvalidRequestError
+from runtime.engines.llama.stops import StopScanner
+from runtime.engines.llama.stream import DeltaStream
+from runtime.errors import EngineError, InvalidRequestError, check_context
+from runtime.http.bridge import DONE, Mailbox
+from runtime.spec import KINDS, ModelSpec
 
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
 TOKEN_OFFSET = 10  # ids below this are special tokens
 BOS = 1
+WORD_TOKEN_BASE = TOKEN_OFFSET + 0x110000  # generated words have ids past every character's
+PARALLEL = 4  # choices decoded at once when --parallel is unset
 NATURAL_LENGTH = 12  # tokens a choice runs to when max_tokens is unset
 SAMPLE_RATE = 16000
 FAKE_SEGMENTS = ("Hello from the fake engine.", "This is the second segment.")
@@ -47,40 +60,96 @@ def _digest(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big")
 
 
+def word_token(word: str) -> int:
+    """The token id the fake generates for one of WORDS (it detokenizes to " " + word)."""
+    return WORD_TOKEN_BASE + WORDS.index(word)
+
+
+@dataclass(eq=False)
+class _Choice:
+    index: int
+    rng: random.Random  # picks the word the fake "model" prefers at each step
+    stops: StopScanner
+    generated: int = 0
+    finished: bool = False
+    held_logprobs: list[TokenLogprob] = field(default_factory=list)  # for text the stop scanner holds
+
+
+@dataclass(eq=False)
+class _Request:
+    prompt_tokens: int
+    params: SamplingParams
+    usage: Usage
+    cancel: threading.Event
+    choices: list[_Choice]
+    events: Mailbox = field(default_factory=Mailbox)
+    abandoned: threading.Event = field(default_factory=threading.Event)  # the caller stopped reading
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel.is_set() or self.abandoned.is_set()
+
+    def running(self) -> list[_Choice]:
+        return [c for c in self.choices if not c.finished]
+
+
 class FakeEngine:
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
-        self.capabilities = KIND_CAPABILITIES[spec.kind]
+        self.capabilities = KINDS[spec.kind].capabilities
         self.delay = float(spec.metadata.get("fake_delay", 0.0))
         self.crash_after = spec.metadata.get("fake_crash_after")
         self.context_length = spec.options.ctx_size or int(spec.metadata.get("context_length", 2048))
         self.embedding_length = int(spec.metadata.get("embedding_length", 8))
+        self.parallel = spec.options.parallel or PARALLEL
         self.voices = ["fake"]
         self._generated = 0
         self._lock = threading.Lock()
         if spec.metadata.get("fake_load_error"):
             raise EngineError(str(spec.metadata["fake_load_error"]))
+        # Owned by the decode thread; other threads only submit to the inbox (and read lengths in stats).
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._waiting: list[_Request] = []  # submitted, oldest first, until their choices fit in `parallel`
+        self._running: list[_Request] = []
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="fake-decode", daemon=True)
+        self._thread.start()
 
     def info(self) -> dict[str, Any]:
         facts: dict[str, Any] = {"engine": "fake", "kind": self.spec.kind, "options": self.spec.options.as_dict()}
         if self.spec.kind in ("llm", "embedding"):
-            facts.update(context_length=self.context_length, parallel=self.spec.options.parallel or 4,
+            facts.update(context_length=self.context_length, parallel=self.parallel,
                          embedding_length=self.embedding_length)
         if self.spec.kind == "speech":
             facts["voices"] = self.voices
         return facts
 
-    def close(self) -> None:
-        pass
+    def stats(self) -> dict[str, Any]:
+        return {"parallel": self.parallel, "waiting_requests": len(self._waiting),
+                "active_sequences": sum(len(r.running()) for r in list(self._running))}
 
-    def _step(self, cancel: threading.Event) -> bool:
-        """Pace one token; False once cancelled. Crashes the process when the spec asks for it."""
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._inbox.put(DONE)
+        self._thread.join()
+
+    def _pace(self) -> None:
         if self.delay:
             time.sleep(self.delay)
+
+    def _count(self) -> None:
+        """Count one generated token (image, chunk); crashes the process when the spec asks for it."""
         with self._lock:
             self._generated += 1
             if self.crash_after is not None and self._generated > int(self.crash_after):
                 os._exit(1)
+
+    def _step(self, cancel: threading.Event) -> bool:
+        """Pace one image / audio chunk; False once cancelled."""
+        self._pace()
+        self._count()
         return not cancel.is_set()
 
     # Text
@@ -89,7 +158,8 @@ class FakeEngine:
         return ([BOS] if add_special else []) + [ord(c) + TOKEN_OFFSET for c in text]
 
     def detokenize(self, tokens: list[int]) -> str:
-        return "".join(chr(t - TOKEN_OFFSET) for t in tokens if t >= TOKEN_OFFSET)
+        return "".join(" " + WORDS[t - WORD_TOKEN_BASE] if t >= WORD_TOKEN_BASE else chr(t - TOKEN_OFFSET)
+                       for t in tokens if t >= TOKEN_OFFSET)
 
     def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
         parts = []
@@ -101,27 +171,117 @@ class FakeEngine:
         return "".join(parts) + "<|im_start|>assistant\n"
 
     def generate(self, prompt: list[int], params: SamplingParams, n: int, usage: Usage,
-                 cancel: threading.Event) -> Iterator[TextDelta]:
+                 cancel: threading.Event) -> DeltaStream:
+        """Deltas for `n` choices of one prompt, decoded together with every other request."""
+        self._check_generate(prompt, n)
         usage.prompt_tokens = len(prompt)
-        room = max(0, self.context_length - len(prompt))
-        limit = min(params.max_tokens if params.max_tokens is not None else NATURAL_LENGTH, room)
-        for index in range(n):
-            rng = random.Random(_digest(prompt, params.seed or 0, index))
-            text = ""
-            for _ in range(limit):
-                if not self._step(cancel):
-                    return
-                piece = " " + rng.choice(WORDS)
-                usage.completion_tokens += 1
-                stop_at = _first_stop(text + piece, params.stop)
-                if stop_at is not None:
-                    yield TextDelta(index, (text + piece)[len(text):stop_at], finish_reason="stop")
-                    break
-                text += piece
-                yield TextDelta(index, piece)
-            else:
-                hit_limit = params.max_tokens is not None or limit < NATURAL_LENGTH
-                yield TextDelta(index, "", finish_reason="length" if hit_limit else "stop")
+        choices = [_Choice(index, random.Random(_digest(prompt, params.seed or 0, index)), StopScanner(params.stop))
+                   for index in range(n)]
+        request = _Request(len(prompt), params, usage, cancel, choices)
+        return DeltaStream(request.events, cancel, request.abandoned, lambda: self._inbox.put(request))
+
+    def _check_generate(self, prompt: list[int], n: int) -> None:
+        """The llama engine's checks (BatchEngine._check_generate), with its messages."""
+        if self._closing:
+            raise EngineError("The engine is closed.")
+        if self.spec.kind == "embedding":
+            raise InvalidRequestError("This model serves embeddings only.")
+        if not prompt:
+            raise InvalidRequestError("The prompt is empty.", param="prompt")
+        if n > self.parallel:
+            raise InvalidRequestError(
+                f"n is at most {self.parallel} for this model (its --parallel setting).", param="n")
+        check_context(self.context_length, len(prompt))
+
+    # The decode thread
+
+    def _run(self) -> None:
+        while True:
+            try:
+                while True:  # block for work only when there is none
+                    item = self._inbox.get(block=not (self._waiting or self._running))
+                    if item is DONE:
+                        for request in self._waiting + self._running:
+                            request.events.put(DONE)
+                        return
+                    self._waiting.append(item)
+            except queue.Empty:
+                pass
+            self._decode_step()
+
+    def _decode_step(self) -> None:
+        """Drop what was cancelled or abandoned, admit what fits, then one token for every running choice."""
+        for request in [r for r in self._waiting + self._running if r.cancelled]:
+            self._end(request)
+        while self._waiting and self._slots_used() + len(self._waiting[0].choices) <= self.parallel:
+            self._running.append(self._waiting.pop(0))
+        if not self._running:
+            return
+        self._pace()  # one step takes `delay`, however many choices it advances (as a batched decode does)
+        for request in list(self._running):
+            for choice in request.running():
+                self._advance(request, choice)
+            if not request.running():
+                self._end(request)
+
+    def _slots_used(self) -> int:
+        return sum(len(r.running()) for r in self._running)
+
+    def _end(self, request: _Request) -> None:
+        for choice in request.choices:
+            choice.finished = True
+        for pool in (self._waiting, self._running):
+            if request in pool:
+                pool.remove(request)
+        request.events.put(DONE)
+
+    def _advance(self, request: _Request, choice: _Choice) -> None:
+        params = request.params
+        if params.max_tokens is None and choice.generated >= NATURAL_LENGTH:
+            self._finish(request, choice, "stop", choice.stops.flush())  # the fake's end-of-generation token
+            return
+        token, logprob = self._sample(params, choice)
+        if logprob is not None:
+            choice.held_logprobs.append(logprob)
+        self._count()
+        choice.generated += 1
+        request.usage.completion_tokens += 1
+        text, stopped = choice.stops.feed(self.detokenize([token]))
+        if stopped:
+            self._finish(request, choice, "stop", text)
+        elif choice.generated == params.max_tokens or request.prompt_tokens + choice.generated >= self.context_length:
+            self._finish(request, choice, "length", text + choice.stops.flush())
+        else:
+            self._emit(request, choice, text)
+
+    def _sample(self, params: SamplingParams, choice: _Choice) -> tuple[int, TokenLogprob | None]:
+        """The next word: the one the seeded generator prefers unless logit_bias moves the choice.
+        Logits fall by one per place after the preferred word, so logprobs are a fixed log-softmax;
+        like llama.cpp's, they are of the model's logits, before the bias."""
+        favourite = choice.rng.randrange(len(WORDS))
+        logits = [-float((i - favourite) % len(WORDS)) for i in range(len(WORDS))]
+        biased = [logit + params.logit_bias.get(WORD_TOKEN_BASE + i, 0.0) for i, logit in enumerate(logits)]
+        picked = max(range(len(WORDS)), key=lambda i: (biased[i], logits[i]))
+        if params.logprobs is None:
+            return WORD_TOKEN_BASE + picked, None
+        log_total = math.log(sum(math.exp(logit) for logit in logits))
+
+        def entry(i: int) -> tuple[str, float, list[int]]:
+            piece = " " + WORDS[i]
+            return piece, logits[i] - log_total, list(piece.encode())
+
+        ranked = sorted(range(len(WORDS)), key=lambda i: -logits[i])[: params.logprobs]
+        return WORD_TOKEN_BASE + picked, TokenLogprob(*entry(picked), top=[entry(i) for i in ranked])
+
+    def _finish(self, request: _Request, choice: _Choice, reason: str, text: str) -> None:
+        self._emit(request, choice, text, reason)
+        choice.finished = True
+
+    def _emit(self, request: _Request, choice: _Choice, text: str, finish_reason: str | None = None) -> None:
+        if not text and finish_reason is None:
+            return  # the stop scanner holds it; its logprobs go out with the text
+        request.events.put(TextDelta(choice.index, text, choice.held_logprobs, finish_reason))
+        choice.held_logprobs = []
 
     def infill(self, prefix: str, suffix: str) -> list[int]:
         raise InvalidRequestError("This model does not support 'suffix' (it has no fill-in-the-middle tokens).",
@@ -192,11 +352,6 @@ class FakeEngine:
             words = _words(text, start, end) if params.word_timestamps else []
             yield TranscriptSegment(number, start, end, " " + text, tokens=self.tokenize(text, add_special=False),
                                     avg_logprob=-0.1, compression_ratio=1.0, words=words)
-
-
-def _first_stop(text: str, stops: list[str]) -> int | None:
-    hits = [text.find(s) for s in stops if s and s in text]
-    return min(hits) if hits else None
 
 
 def _words(text: str, start: float, end: float) -> list[TranscriptWord]:

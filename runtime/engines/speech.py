@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.engines.base import ModelSpec, SpeechChunk
+from runtime.engines.base import SpeechChunk
 from runtime.errors import EngineError, InvalidRequestError
+from runtime.spec import ModelSpec
 
 OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer",
                  "verse", "marin", "cedar")

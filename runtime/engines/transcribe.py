@@ -7,13 +7,13 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from runtime.engines.base import (
-    ModelSpec,
     TranscriptionInfo,
     TranscriptionParams,
     TranscriptSegment,
     TranscriptWord,
 )
 from runtime.errors import EngineError, InvalidRequestError
+from runtime.spec import ModelSpec
 
 # temperature 0 means OpenAI's "raise the temperature until the thresholds are met"
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)

@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from runtime.engines.llama import DEFAULT_CTX  # the engine's context when --ctx-size is unset
-from runtime.engines.options import EngineOptions
+from runtime.engines.llama.defaults import kv_cache_bytes
+from runtime.options import EngineOptions
 
 log = logging.getLogger("stacklet.scheduler")
 
@@ -18,8 +18,6 @@ MIB = 1024 * 1024
 OVERHEAD = 256 * MIB  # interpreter, engine library, compute buffers
 RAM_SHARE = 0.8  # leave the rest to the OS and the server itself
 KV_COPIES = {"llm": 2, "embedding": 1}  # a chat model's host cache of idle prefixes matches its KV pool
-CACHE_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 1.0625, "q5_0": 0.6875, "q5_1": 0.75,
-                    "q4_0": 0.5625, "q4_1": 0.625, "iq4_nl": 0.5625}
 
 
 def estimate(kind: str, file_size: int, metadata: dict[str, Any], options: EngineOptions) -> int:
@@ -27,26 +25,6 @@ def estimate(kind: str, file_size: int, metadata: dict[str, Any], options: Engin
     host cache of idle prefixes holds as many tokens as the KV pool), and a fixed overhead."""
     kv_cache = kv_cache_bytes(metadata, options) * KV_COPIES.get(kind, 0)
     return file_size + kv_cache + OVERHEAD
-
-
-def kv_cache_bytes(metadata: dict[str, Any], options: EngineOptions) -> int:
-    """n_layers * ctx * (n_embd_k_gqa + n_embd_v_gqa) * bytes per element, from the registry's GGUF summary.
-
-    Without head counts the estimate assumes no grouped-query attention (an overestimate).
-    """
-    layers = metadata.get("block_count")
-    embedding = metadata.get("embedding_length")
-    if not (layers and embedding):
-        return 0
-    heads = metadata.get("head_count") or 1
-    kv_heads = metadata.get("head_count_kv") or heads
-    key_length = metadata.get("key_length") or embedding // heads
-    value_length = metadata.get("value_length") or embedding // heads
-    ctx = options.ctx_size or min(metadata.get("context_length") or DEFAULT_CTX, DEFAULT_CTX)
-    key_bytes = CACHE_TYPE_BYTES.get(options.cache_type_k or "f16", 2.0)
-    value_bytes = CACHE_TYPE_BYTES.get(options.cache_type_v or "f16", 2.0)
-    per_token = kv_heads * (key_length * key_bytes + value_length * value_bytes)
-    return int(layers * ctx * per_token)
 
 
 def default_budget(engine: EngineOptions) -> int:

@@ -14,10 +14,9 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from runtime.engines.base import ModelSpec
 from runtime.errors import WorkerError
+from runtime.scheduler.worker_client import WorkerUnreachable, get_json
+from runtime.spec import ModelSpec
 
 log = logging.getLogger("stacklet.scheduler")
 
@@ -25,7 +24,6 @@ MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes; keep a margin
 LOAD_TIMEOUT_S = 900.0  # big models on slow disks take minutes
 STOP_GRACE_S = 5.0
 STATUS_TIMEOUT_S = 2.0
-WORKER_URL = "http://worker"
 
 
 def socket_dir(state: Path) -> Path:
@@ -48,8 +46,6 @@ class WorkerProcess:
         self.spec_path = socket_path.with_suffix(".json")
         self.process: asyncio.subprocess.Process | None = None
         self.exited: asyncio.Task[int] | None = None
-        self.client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(socket_path)),
-                                        base_url=WORKER_URL, timeout=httpx.Timeout(None, connect=10.0))
         self.status: dict[str, Any] = {}  # the worker's last GET /status answer
         self.stopping = False
         self._output: deque[str] = deque(maxlen=20)
@@ -108,11 +104,9 @@ class WorkerProcess:
 
     async def poll_status(self) -> bool:
         try:
-            response = await self.client.get("/status", timeout=STATUS_TIMEOUT_S)
-            response.raise_for_status()
-        except httpx.HTTPError:
+            self.status = await asyncio.wait_for(get_json(self.socket_path, "/status"), STATUS_TIMEOUT_S)
+        except (WorkerUnreachable, asyncio.TimeoutError):
             return False
-        self.status = response.json()
         return True
 
     async def stop(self) -> None:
@@ -130,7 +124,6 @@ class WorkerProcess:
                 await self.exited
         if self._pump:
             await self._pump
-        await self.client.aclose()
         self.socket_path.unlink(missing_ok=True)
         self.spec_path.unlink(missing_ok=True)
 

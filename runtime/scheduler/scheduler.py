@@ -13,23 +13,19 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import Response
-
 from runtime.config import Settings
-from runtime.engines.base import ModelSpec
-from runtime.engines.options import EngineOptions
 from runtime.errors import QueueFullError, StackletError, WorkerError
+from runtime.options import EngineOptions, first_keep_alive, parse_keep_alive
 from runtime.scheduler.gate import Gate
-from runtime.scheduler.keepalive import parse_keep_alive
 from runtime.scheduler.memory import default_budget, estimate
 from runtime.scheduler.process import WorkerProcess, socket_dir
-from runtime.scheduler.proxy import ProxyResponse, forward_headers
+from runtime.spec import KINDS, ModelSpec, WorkerLimits
 from runtime.store.registry import ModelRecord, Registry
 
 log = logging.getLogger("stacklet.scheduler")
@@ -38,9 +34,7 @@ TICK_S = 0.5  # housekeeping period: keep_alive expiry
 STATUS_EVERY_TICKS = 4  # poll workers' token counters every this many ticks
 EVICTION_POLL_S = 0.2  # how often a load waiting for room re-checks for an idle model
 RETRY_AFTER_S = 2
-BASE_URL_HEADER = "x-stacklet-base-url"  # the public URL the client called, for absolute URLs in answers
 MAX_BACKOFF_S = 10.0
-TEXT_KINDS = ("llm", "embedding")
 
 
 @dataclass(eq=False)
@@ -72,7 +66,8 @@ class Slot:
 
 
 class ModelLease:
-    """One admitted request's claim on its model: waits for the load and a free slot."""
+    """One admitted request's claim on its model: `acquire` waits for the load and a free slot and gives
+    the worker's socket; `release` hands the slot back once the answer is out."""
 
     def __init__(self, scheduler: Scheduler, slot: Slot, keep_alive: float | None) -> None:
         self.scheduler = scheduler
@@ -98,20 +93,24 @@ class ModelLease:
             self.slot.failures = 0
 
 
+WorkerFactory = Callable[[ModelSpec, Path], WorkerProcess]
+
+
 class Scheduler:
-    def __init__(self, settings: Settings, registry: Registry) -> None:
+    def __init__(self, settings: Settings, registry: Registry, start_worker: WorkerFactory = WorkerProcess) -> None:
+        """`start_worker` makes a worker for a spec and a socket path (tests pass one that runs in-process)."""
         self.settings = settings
         self.registry = registry
+        self._start_worker = start_worker
         self.budget = settings.memory_budget
         self._slots: dict[str, Slot] = {}
         self._load_lock = asyncio.Lock()
         self._sockets = itertools.count(1)
         self._socket_dir = socket_dir(settings.paths.state)
         self._housekeeper: asyncio.Task[None] | None = None
+        self._expiring: set[asyncio.Future[None]] = set()  # keep_alive unloads under way
 
     async def start(self) -> None:
-        # httpx logs every request at INFO: the status polls would flood the server log.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
         if not self.budget:
             self.budget = await asyncio.to_thread(default_budget, self.settings.engine)
         self._housekeeper = asyncio.create_task(self._housekeeping())
@@ -122,6 +121,7 @@ class Scheduler:
             self._housekeeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeper
+        await asyncio.gather(*self._expiring, return_exceptions=True)  # finish them: they own their workers
         loads = [slot.loading for slot in self._slots.values() if slot.loading is not None]
         for loading in loads:
             loading.cancel()  # a load still waiting for room must not start a worker after this
@@ -130,19 +130,15 @@ class Scheduler:
 
     # Requests
 
-    async def forward(self, model: str, path: str, request: Request, body: bytes,
-                      keep_alive: Any = None) -> Response:
-        """Queue a request for `model` and proxy it to the model's worker once it is loaded."""
+    def lease(self, model: str, keep_alive: float | None = None) -> ModelLease:
+        """Queue a request for `model` (keep_alive already parsed); QueueFullError when its queue is full."""
         record = self.registry.get(model)
-        keep = None if keep_alive is None else parse_keep_alive(keep_alive)
         slot = self._slot(record)
         if slot.waiting >= self.settings.max_queue:
             raise QueueFullError(f"Too many requests are waiting for the model '{record.name}'. Retry shortly.",
                                  retry_after=RETRY_AFTER_S)
         slot.waiting += 1
-        base_url = request.headers.get(BASE_URL_HEADER) or _public_base_url(request)
-        headers = forward_headers(request.headers.get("content-type"), base_url)
-        return ProxyResponse(ModelLease(self, slot, keep), _worker_path(path), body, headers)
+        return ModelLease(self, slot, keep_alive)
 
     async def ready_worker(self, slot: Slot) -> WorkerProcess:
         """The slot's running worker, loading it first (one shared load for all who wait)."""
@@ -156,8 +152,7 @@ class Scheduler:
     def touch(self, slot: Slot, keep_alive: float | None) -> None:
         """Restart the keep_alive clock: request value > per-load value > the model's > serve default."""
         slot.last_used = time.time()
-        layers = (keep_alive, slot.load_keep_alive, slot.model_keep_alive, self.settings.keep_alive)
-        keep = next(k for k in layers if k is not None)
+        keep = first_keep_alive(keep_alive, slot.load_keep_alive, slot.model_keep_alive, self.settings.keep_alive)
         slot.expires_at = None if keep < 0 else slot.last_used + keep
 
     # Management
@@ -173,7 +168,7 @@ class Scheduler:
         if slot.loading is not None:
             with contextlib.suppress(StackletError):
                 await asyncio.shield(slot.loading)
-        wanted = self._spec(record, options).options
+        wanted = self.spec_for(record, options).options
         if slot.worker is not None and slot.worker.spec.options != wanted:
             log.info("reloading %s with new options", record.name)
             await self._stop(slot)
@@ -218,12 +213,11 @@ class Scheduler:
         slot.model_keep_alive = record.keep_alive
         return slot
 
-    def _spec(self, record: ModelRecord, load_options: EngineOptions | None) -> ModelSpec:
-        """Engine options in effect: serve < stored with the model < this load."""
-        options = self.settings.engine.merge(record.options)
-        if load_options is not None:
-            options = options.merge(load_options)
-        return replace(record.spec(self.settings.paths), options=options)
+    def spec_for(self, record: ModelRecord, load_options: EngineOptions | None) -> ModelSpec:
+        """Engine options in effect: serve < stored with the model < this load; limits from the settings."""
+        options = self.settings.engine.merge(record.options).merge(load_options)
+        limits = WorkerLimits(self.settings.max_body_bytes, self.settings.paths.images, self.settings.image_url_ttl)
+        return replace(record.spec(self.settings.paths), options=options, limits=limits)
 
     async def _load(self, slot: Slot) -> WorkerProcess:
         delay = slot.retry_at - time.time()
@@ -232,10 +226,10 @@ class Scheduler:
             await asyncio.sleep(delay)
         async with self._load_lock:
             record = self.registry.get(slot.name)
-            spec = self._spec(record, slot.load_options)
+            spec = self.spec_for(record, slot.load_options)
             memory = estimate(record.kind, record.size, record.metadata, spec.options)
             await self._make_room(slot, memory)
-            worker = WorkerProcess(spec, self._socket_dir / f"w{os.getpid()}-{next(self._sockets)}.sock")
+            worker = self._start_worker(spec, self._socket_dir / f"w{os.getpid()}-{next(self._sockets)}.sock")
             slot.worker, slot.state, slot.memory = worker, "loading", memory
             slot.loads += 1
             try:
@@ -310,12 +304,20 @@ class Scheduler:
                 if slot.state == "ready" and slot.idle and expired:
                     log.info("keep_alive of %s expired", slot.name)
                     try:
-                        await self._stop(slot)
+                        await self._unload_expired(slot)
                     except Exception:  # keep housekeeping alive for the other models
                         log.exception("unloading %s failed", slot.name)
             if tick % STATUS_EVERY_TICKS == 0:
                 workers = [s.worker for s in self._slots.values() if s.worker and s.state == "ready"]
                 await asyncio.gather(*(w.poll_status() for w in workers))
+
+    async def _unload_expired(self, slot: Slot) -> None:
+        """Shielded from the housekeeper's cancellation at shutdown, which waits for it instead: `_stop`
+        detaches the worker from its slot first, so nothing else would stop it."""
+        unload = asyncio.ensure_future(self._stop(slot))
+        self._expiring.add(unload)
+        unload.add_done_callback(self._expiring.discard)
+        await asyncio.shield(unload)
 
     def _describe(self, slot: Slot) -> dict[str, Any]:
         worker = slot.worker
@@ -352,17 +354,4 @@ def _bank_tokens(slot: Slot, worker: WorkerProcess) -> None:
 def _capacity(spec: ModelSpec, status: dict[str, Any]) -> int:
     """Requests one worker runs at once: what the engine reports, else --parallel, else a default."""
     reported = status.get("info", {}).get("parallel")
-    default = 4 if spec.kind in TEXT_KINDS else 1
-    return max(1, int(reported or spec.options.parallel or default))
-
-
-def _worker_path(path: str) -> str:
-    """Workers serve the canonical /v1/... paths; /v1-openai/... is the same endpoint."""
-    prefix = "/v1-openai/"
-    return "/v1/" + path[len(prefix):] if path.startswith(prefix) else path
-
-
-def _public_base_url(request: Request) -> str:
-    """e.g. http://127.0.0.1:8080/v1-openai: what the client called, for absolute URLs in answers."""
-    prefix = request.url.path.lstrip("/").split("/", 1)[0]
-    return f"{str(request.base_url).rstrip('/')}/{prefix}"
+    return max(1, int(reported or spec.options.parallel or KINDS[spec.kind].parallel))

@@ -12,10 +12,10 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from runtime.config import Settings
-from runtime.errors import ConflictError
-from runtime.scheduler import state
+from runtime.http.errors import install_error_handlers
+from runtime.protocol.requests import REQUEST_SCHEMAS
+from runtime.server import state
 from runtime.server.auth import check_bind
-from runtime.server.errors import install_error_handlers
 from runtime.server.metrics import Metrics
 from runtime.server.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from runtime.server.openapi import ERROR_RESPONSES, install_openapi
@@ -32,7 +32,7 @@ def create_app(settings: Settings, *, scheduler: Any = None, registry: Registry 
     settings.paths.ensure()
     registry = registry or Registry(settings.paths)
     if scheduler is None:
-        from runtime.scheduler import Scheduler
+        from runtime.scheduler.scheduler import Scheduler
 
         scheduler = Scheduler(settings, registry)
     keys = KeyStore(settings.paths)
@@ -58,7 +58,7 @@ def create_app(settings: Settings, *, scheduler: Any = None, registry: Registry 
         app.include_router(router)
     app.include_router(files.create_router(settings), responses=ERROR_RESPONSES)
     install_error_handlers(app)
-    install_openapi(app, [endpoint.schema for endpoint in openai.ENDPOINTS])
+    install_openapi(app, list(REQUEST_SCHEMAS.values()))
     # Added innermost first: the request context wraps everything, CORS answers preflights before auth.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
@@ -75,7 +75,7 @@ def run(settings: Settings) -> None:
     """
     import uvicorn
 
-    _refuse_second_server(settings)
+    state.refuse_second_server(settings.paths)
     app = create_app(settings)
     pid = os.getpid()
     state.publish(settings.paths, pid, settings.host, settings.port)
@@ -90,10 +90,3 @@ def run(settings: Settings) -> None:
 def _exit_on_signal(signum: int, _: Any) -> None:
     raise SystemExit(128 + signum)
 
-
-def _refuse_second_server(settings: Settings) -> None:
-    """Publishing over a live server's record would hide it from `stacklet stop`."""
-    running = state.read(settings.paths)
-    if running is not None and running.pid != os.getpid() and running.is_running():
-        raise ConflictError(f"A stacklet server is already running at {running.url} (pid {running.pid}). "
-                            "Stop it with `stacklet stop`.")

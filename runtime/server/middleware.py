@@ -13,7 +13,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime.errors import PayloadTooLargeError, StackletError
-from runtime.server.errors import INTERNAL_MESSAGE, error_response
+from runtime.http.errors import INTERNAL_MESSAGE, error_response
 from runtime.server.metrics import Metrics
 
 log = logging.getLogger("stacklet")

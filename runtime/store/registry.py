@@ -12,18 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from runtime.config import Paths
-from runtime.engines.base import ModelSpec
-from runtime.engines.options import EngineOptions
 from runtime.errors import ConflictError, ModelNotFoundError
-from runtime.scheduler.keepalive import parse_keep_alive
-
-ENGINE_FOR_KIND = {
-    "llm": "llama",
-    "embedding": "llama",
-    "image": "diffusion",
-    "speech": "piper",
-    "transcription": "whisper",
-}
+from runtime.options import EngineOptions, parse_keep_alive
+from runtime.spec import KINDS, ModelSpec
 
 
 @dataclass
@@ -47,20 +38,19 @@ class ModelRecord:
     created: int = 0
 
     def __post_init__(self) -> None:
-        self.engine = self.engine or ENGINE_FOR_KIND[self.kind]
+        self.engine = self.engine or KINDS[self.kind].engine
         self.created = self.created or int(time.time())
 
     @property
     def size(self) -> int:
         return sum(f.size for f in self.files)
 
-    def spec(self, paths: Paths, options: EngineOptions | None = None) -> ModelSpec:
-        """What a worker loads: the model's own options overlaid by per-load ones."""
+    def spec(self, paths: Paths) -> ModelSpec:
+        """What a worker loads, with the options stored with the model (the scheduler layers the rest)."""
         files: dict[str, Path] = {}
         for f in self.files:
             files.setdefault(f.role, paths.models / f.path)
-        merged = self.options.merge(options) if options else self.options
-        return ModelSpec(self.name, self.kind, self.engine, files, dict(self.metadata), merged)
+        return ModelSpec(self.name, self.kind, self.engine, files, dict(self.metadata), self.options)
 
     def configure(self, patch: dict[str, Any]) -> None:
         """Apply a merge patch of engine options and keep_alive: a value sets a field, None clears it."""

@@ -12,8 +12,8 @@ from pathlib import PurePosixPath
 
 from runtime.errors import FileNotInRepoError, InvalidRequestError
 
-DEFAULT_QUANT = "Q4_K_M"
-# Nearest first when the asked-for quant is missing: similar size and quality, then bigger, then smaller.
+# The default quant first (Q4_K_M); when the asked-for quant is missing, the nearest first: similar size
+# and quality, then bigger, then smaller.
 QUANT_PREFERENCE = (
     "Q4_K_M", "Q4_K_S", "Q4_K_L", "IQ4_XS", "IQ4_NL", "Q4_0", "Q4_1", "Q5_K_M", "Q5_K_S", "Q5_0", "Q5_1",
     "Q6_K", "Q6_K_L", "Q3_K_L", "Q3_K_M", "IQ3_M", "Q8_0", "Q3_K_S", "IQ3_XS", "Q2_K", "Q2_K_L", "IQ2_M",

@@ -25,9 +25,10 @@ from typing import Any
 
 from runtime.config import Paths
 from runtime.errors import ConflictError, InvalidRequestError, StoreError
+from runtime.spec import KINDS
 from runtime.store import layout, selection
 from runtime.store.metadata import describe
-from runtime.store.registry import ENGINE_FOR_KIND, ModelFile, ModelRecord, Registry
+from runtime.store.registry import ModelFile, ModelRecord, Registry
 
 Progress = Callable[[dict[str, Any]], None]
 _NAME_RE = re.compile(r"[A-Za-z0-9][\w.:/+-]{0,127}")
@@ -57,8 +58,8 @@ class Store:
              files: list[str] | None = None, token: str | None = None, progress: Progress | None = None,
              endpoint: str | None = None) -> ModelRecord:
         """Fetch a model from the hub (or import a local path), verify it, then register it."""
-        if kind is not None and kind not in ENGINE_FOR_KIND:
-            raise InvalidRequestError(f"Unknown kind '{kind}'. Use one of: {', '.join(ENGINE_FOR_KIND)}.",
+        if kind is not None and kind not in KINDS:
+            raise InvalidRequestError(f"Unknown kind '{kind}'. Use one of: {', '.join(KINDS)}.",
                                       param="kind")
         emit = _Emitter(progress)
         local = Path(source).expanduser()

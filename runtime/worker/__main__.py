@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime.engines.base import ModelSpec
 from runtime.errors import StackletError
+from runtime.spec import ModelSpec
 
 LOAD_FAILED_EXIT = 3
 PARENT_POLL_S = 0.5
@@ -66,13 +66,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     watch_parent(args.parent_pid)
-    engine = load(read_spec(args.spec_json))
+    spec = read_spec(args.spec_json)
+    engine = load(spec)
 
     import uvicorn
 
     from runtime.worker.app import create_worker_app
 
-    uvicorn.run(create_worker_app(engine, Path(args.socket)), uds=args.socket, log_level="warning",
+    uvicorn.run(create_worker_app(engine, spec, Path(args.socket)), uds=args.socket, log_level="warning",
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
 
 

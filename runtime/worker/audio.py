@@ -16,25 +16,22 @@ from starlette.concurrency import run_in_threadpool
 
 from runtime import media
 from runtime.engines.base import TranscriptionParams, TranscriptSegment
-from runtime.errors import InvalidRequestError, PayloadTooLargeError
+from runtime.errors import InvalidRequestError
+from runtime.http.bridge import run_cancellable, stream_in_thread
+from runtime.http.multipart import form_to_dict
+from runtime.http.sse import sse_response
+from runtime.http.uploads import read_upload
 from runtime.protocol import audio as wire
-from runtime.protocol.multipart import form_to_dict
-from runtime.server.sse import sse_response
-from runtime.worker import stats
-from runtime.worker.threads import run_cancellable, stream_in_thread
+from runtime.spec import WorkerLimits, worker_path
+from runtime.worker.stats import Stats
 
-SPEECH_PATH = "/v1/audio/speech"
-TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
-TRANSLATIONS_PATH = "/v1/audio/translations"
+SPEECH_PATH = worker_path("speech")
+TRANSCRIPTIONS_PATH = worker_path("transcriptions")
+TRANSLATIONS_PATH = worker_path("translations")
 
 
-def create_router(engine: Any, max_upload_bytes: int | None = None) -> APIRouter:
-    """`max_upload_bytes` defaults to the `max_body_bytes` setting (25 MB, OpenAI's limit)."""
-    if max_upload_bytes is None:
-        from runtime.config import Settings
-
-        max_upload_bytes = Settings.load().max_body_bytes
-    upload_limit: int = max_upload_bytes
+def create_router(engine: Any, stats: Stats, limits: WorkerLimits) -> APIRouter:
+    upload_limit = limits.max_upload_bytes
     router = APIRouter()
     capabilities = frozenset(engine.capabilities)
 
@@ -56,15 +53,15 @@ def create_router(engine: Any, max_upload_bytes: int | None = None) -> APIRouter
         chunks = stream_in_thread(lambda: job.encoded(engine, cancel), cancel)
         first = await anext(chunks)  # failures before any audio still get a proper error status
         if body.stream_format == "sse":
-            return sse_response(speech_events(job, first, chunks), done=False)
-        return StreamingResponse(speech_body(job, first, chunks), media_type=media.CONTENT_TYPES[job.format])
+            return sse_response(speech_events(stats, job, first, chunks), done=False)
+        return StreamingResponse(speech_body(stats, job, first, chunks), media_type=media.CONTENT_TYPES[job.format])
 
     @router.post(TRANSCRIPTIONS_PATH)
     async def create_transcription(request: Request) -> Response:
         require("transcriptions", "transcriptions")
         async with request.form() as form:
             body = wire.CreateTranscriptionRequest.model_validate(form_to_dict(form))
-            data = await read_upload(body.file, upload_limit)
+            data = await read_upload(body.file, upload_limit, "file")
         granularities = body.timestamp_granularities or ["segment"]
         fmt = body.response_format or "json"
         logprobs = "logprobs" in (body.include or []) and (fmt == "json" or bool(body.stream))
@@ -75,8 +72,8 @@ def create_router(engine: Any, max_upload_bytes: int | None = None) -> APIRouter
         )
         audio = await run_in_threadpool(media.decode_audio, data)
         if body.stream:
-            return await stream_transcript(engine, audio, params, logprobs)
-        return await transcript_response(request, engine, audio, params, fmt, granularities, logprobs,
+            return await stream_transcript(stats, engine, audio, params, logprobs)
+        return await transcript_response(request, stats, engine, audio, params, fmt, granularities, logprobs,
                                          TRANSCRIPTIONS_PATH)
 
     @router.post(TRANSLATIONS_PATH)
@@ -88,11 +85,11 @@ def create_router(engine: Any, max_upload_bytes: int | None = None) -> APIRouter
         require("translations", "translations")
         async with request.form() as form:
             body = wire.CreateTranslationRequest.model_validate(form_to_dict(form))
-            data = await read_upload(body.file, upload_limit)
+            data = await read_upload(body.file, upload_limit, "file")
         fmt = body.response_format or "json"
         params = TranscriptionParams(prompt=body.prompt, temperature=body.temperature or 0.0, task="translate")
         audio = await run_in_threadpool(media.decode_audio, data)
-        return await transcript_response(request, engine, audio, params, fmt, ["segment"], False,
+        return await transcript_response(request, stats, engine, audio, params, fmt, ["segment"], False,
                                          TRANSLATIONS_PATH)
 
     return router
@@ -126,14 +123,14 @@ class SpeechJob:
         yield encoder.finish()
 
 
-async def speech_body(job: SpeechJob, first: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def speech_body(stats: Stats, job: SpeechJob, first: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     async for data in _prepend(first, chunks):
         if data:
             yield data
     stats.record(SPEECH_PATH, job.input_tokens, job.output_tokens)
 
 
-async def speech_events(job: SpeechJob, first: bytes,
+async def speech_events(stats: Stats, job: SpeechJob, first: bytes,
                         chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
     async for data in _prepend(first, chunks):
         if data:
@@ -151,21 +148,6 @@ async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[by
 # Transcriptions and translations
 
 
-async def read_upload(file: Any, limit: int) -> bytes:
-    """The uploaded bytes; 413 past the limit, checked before reading when the size is known."""
-    size = getattr(file, "size", None)
-    if size is not None and size > limit:
-        raise _too_large(limit, size)
-    data = await file.read(limit + 1)
-    if len(data) > limit:
-        raise _too_large(limit, len(data))
-    return data
-
-
-def _too_large(limit: int, size: int) -> PayloadTooLargeError:
-    return PayloadTooLargeError(f"Maximum content size limit ({limit}) exceeded ({size} bytes read).", param="file")
-
-
 def _logprobs(segments: list[TranscriptSegment]) -> list[dict[str, Any]]:
     """Whisper scores words, not single tokens: one entry per word, its probability as a log."""
     return [wire.token_logprob(w.word, math.log(max(w.probability, 1e-12))) for s in segments for w in s.words]
@@ -175,8 +157,8 @@ def _output_tokens(segments: list[TranscriptSegment]) -> int:
     return sum(len(s.tokens) for s in segments)
 
 
-async def transcript_response(request: Request, engine: Any, audio: Any, params: TranscriptionParams, fmt: str,
-                              granularities: list[str], logprobs: bool, path: str) -> Response:
+async def transcript_response(request: Request, stats: Stats, engine: Any, audio: Any, params: TranscriptionParams,
+                              fmt: str, granularities: list[str], logprobs: bool, path: str) -> Response:
     cancel = threading.Event()
 
     def run() -> tuple[Any, list[TranscriptSegment]]:
@@ -199,7 +181,8 @@ async def transcript_response(request: Request, engine: Any, audio: Any, params:
     return JSONResponse(wire.transcription_json(text, info.duration, _logprobs(segments) if logprobs else None))
 
 
-async def stream_transcript(engine: Any, audio: Any, params: TranscriptionParams, logprobs: bool) -> Response:
+async def stream_transcript(stats: Stats, engine: Any, audio: Any, params: TranscriptionParams,
+                            logprobs: bool) -> Response:
     cancel = threading.Event()
     info, segments = await run_in_threadpool(engine.transcribe, audio, params, cancel)
 

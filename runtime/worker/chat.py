@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.engines.base import SamplingParams, TextDelta, TextEngine, Usage
-from runtime.errors import ContextLengthExceededError, InvalidRequestError
+from runtime.engines.llama import grammar
+from runtime.errors import InvalidRequestError, check_context
+from runtime.http.bridge import read_on_loop
 from runtime.protocol import chat as wire
 from runtime.protocol.chat import ChatMessage, CreateChatCompletionRequest
-from runtime.worker import grammar
 from runtime.worker.choices import ChoiceOutput
-from runtime.worker.threads import read_on_loop
 
 NON_TEXT_PARTS = {"image_url": "image", "input_audio": "audio", "file": "file"}
 
@@ -50,7 +50,7 @@ def prepare(engine: TextEngine, req: CreateChatCompletionRequest, fingerprint: s
     text = engine.render_chat(messages, tools or None)
     prompt = engine.tokenize(text)
     max_tokens = req.max_output_tokens()
-    check_context(engine.context_length, len(prompt), max_tokens, "messages")
+    check_context(engine.context_length, len(prompt), max_tokens, param="messages")
     params = sampling_params(req.temperature, req.top_p, req.seed, req.presence_penalty, req.frequency_penalty,
                              req.logit_bias, wire.stop_list(req.stop), max_tokens)
     params.logprobs = (req.top_logprobs or 0) if req.logprobs else None
@@ -87,11 +87,6 @@ def flatten(message: ChatMessage, index: int) -> str:
                                       code="unsupported_value")
         texts.append(getattr(part, "text", None) or getattr(part, "refusal", ""))
     return "\n".join(texts)
-
-
-def check_context(limit: int, prompt_tokens: int, max_tokens: int | None, param: str) -> None:
-    if prompt_tokens + (max_tokens or 0) > limit or prompt_tokens >= limit:
-        raise ContextLengthExceededError(limit, prompt_tokens, max_tokens, param=param)
 
 
 def sampling_params(temperature: float | None, top_p: float | None, seed: int | None,

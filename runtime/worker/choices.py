@@ -9,19 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from runtime.engines.llama.stops import held_back
+from runtime.engines.llama.toolcalls import MARKERS, ParsedCall, new_call_id, parse_forced_call, parse_tool_calls
 from runtime.protocol import chat as wire
-from runtime.worker.toolcalls import MARKERS, ParsedCall, new_call_id, parse_forced_call, parse_tool_calls
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 FIXED_CHOICES = ("none", "auto", "required")
-
-
-def _held(text: str, markers: tuple[str, ...]) -> int:
-    """Length of the longest end of `text` that could begin one of `markers`."""
-    for size in range(min(len(text), max(map(len, markers))), 0, -1):
-        if any(m.startswith(text[-size:]) for m in markers):
-            return size
-    return 0
 
 
 class ChoiceOutput:
@@ -101,7 +94,7 @@ class ChoiceOutput:
                 self._reason(self.pending[:at], deltas)
                 self.state, self.pending = "answer", self.pending[at + len(THINK_CLOSE):]
                 return True
-            keep = _held(self.pending, (THINK_CLOSE,))
+            keep = held_back(self.pending, (THINK_CLOSE,))
             self._reason(self.pending[: len(self.pending) - keep], deltas)
             self.pending = self.pending[len(self.pending) - keep:]
             return False
@@ -133,7 +126,7 @@ class ChoiceOutput:
             self._say(text[: min(hits)], deltas)
             self.tool_text = text[min(hits):]
             return
-        keep = _held(text, MARKERS)
+        keep = held_back(text, MARKERS)
         self._say(text[: len(text) - keep], deltas)
         self.pending = text[len(text) - keep:]
 

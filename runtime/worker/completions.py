@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.engines.base import SamplingParams, TextDelta, TextEngine, Usage
+from runtime.errors import check_context
+from runtime.http.bridge import read_on_loop
 from runtime.protocol import completions as wire
 from runtime.protocol.chat import stop_list
 from runtime.protocol.completions import CreateCompletionRequest
-from runtime.worker.chat import check_context, sampling_params
-from runtime.worker.threads import read_on_loop
+from runtime.worker.chat import sampling_params
 
 
 @dataclass
@@ -44,7 +45,7 @@ def prepare(engine: TextEngine, req: CreateCompletionRequest, fingerprint: str) 
             tokens = engine.infill(prompt if isinstance(prompt, str) else engine.detokenize(prompt), req.suffix)
         else:
             tokens = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-        check_context(engine.context_length, len(tokens), req.max_tokens, "prompt")
+        check_context(engine.context_length, len(tokens), req.max_tokens, param="prompt")
         prompts.append(tokens)
         echoes.append((prompt if isinstance(prompt, str) else engine.detokenize(prompt)) if req.echo else "")
     params = sampling_params(req.temperature, req.top_p, req.seed, req.presence_penalty, req.frequency_penalty,

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,23 +16,23 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from runtime.config import Settings
 from runtime.engines.base import ImageEngine, ImageParams
 from runtime.errors import InvalidRequestError, PayloadTooLargeError
+from runtime.http import BASE_URL_HEADER
+from runtime.http.bridge import from_thread, run_cancellable
+from runtime.http.errors import validation_error
+from runtime.http.files import ImageFiles
+from runtime.http.multipart import form_to_dict
+from runtime.http.sse import sse_response
+from runtime.http.uploads import read_upload
 from runtime.protocol import images as wire
-from runtime.protocol.multipart import form_to_dict
-from runtime.server.errors import validation_error
-from runtime.server.routes.files import ImageFiles
-from runtime.server.sse import sse_response
-from runtime.worker import stats
-from runtime.worker.threads import run_cancellable
+from runtime.spec import WORKER_PREFIX, WorkerLimits, worker_path
+from runtime.worker.stats import Stats
 
-GENERATIONS_PATH = "/v1/images/generations"
-EDITS_PATH = "/v1/images/edits"
-BASE_URL_HEADER = "x-stacklet-base-url"
+GENERATIONS_PATH = worker_path("images")
+EDITS_PATH = worker_path("image_edits")
 INPUT_FORMATS = ("PNG", "JPEG", "WEBP")
 MAX_INPUT_PIXELS = 4096 * 4096
-_END = object()
 
 
 @dataclass
@@ -59,9 +58,8 @@ class Job:
         return f"{self.params.width}x{self.params.height}"
 
 
-def create_router(engine: ImageEngine) -> APIRouter:
-    settings = Settings.load()
-    files = ImageFiles(settings)
+def create_router(engine: ImageEngine, stats: Stats, limits: WorkerLimits) -> APIRouter:
+    files = ImageFiles(limits.image_dir, limits.image_url_ttl) if limits.image_dir else None
     router = APIRouter()
 
     @router.post(GENERATIONS_PATH)
@@ -69,7 +67,7 @@ def create_router(engine: ImageEngine) -> APIRouter:
         body.validate_semantics()
         params = await run_in_threadpool(engine.resolve, _params(body))
         job = Job("image_generation", body, params, _base_url(request))
-        return await _respond(engine, files, job, request, GENERATIONS_PATH)
+        return await _respond(engine, files, stats, job, request, GENERATIONS_PATH)
 
     @router.post(EDITS_PATH)
     async def create_image_edit(request: Request) -> Response:
@@ -80,12 +78,13 @@ def create_router(engine: ImageEngine) -> APIRouter:
                 code="invalid_content_type")
         async with request.form() as form:
             body = _validate_edit(form_to_dict(form))
-            images = [await _read_image(upload, "image", settings.max_body_bytes) for upload in body.image]
-            mask = await _read_mask(body.mask, images[0].size, settings.max_body_bytes) if body.mask else None
+            limit = limits.max_upload_bytes
+            images = [await _read_image(upload, "image", limit) for upload in body.image]
+            mask = await _read_mask(body.mask, images[0].size, limit) if body.mask else None
         params = _params(body, init_images=images, mask=mask, strength=body.strength)
         params = await run_in_threadpool(engine.resolve, params)
         job = Job("image_edit", body, params, _base_url(request))
-        return await _respond(engine, files, job, request, EDITS_PATH)
+        return await _respond(engine, files, stats, job, request, EDITS_PATH)
 
     return router
 
@@ -109,21 +108,13 @@ def _params(body: wire.ImageOptions, **edit: Any) -> ImageParams:
 
 
 def _base_url(request: Request) -> str:
-    return request.headers.get(BASE_URL_HEADER) or str(request.base_url).rstrip("/") + "/v1"
-
-
-async def _read_upload(upload: UploadFile, param: str, limit: int) -> bytes:
-    data = await upload.read(limit + 1)
-    if len(data) > limit:
-        raise PayloadTooLargeError(f"The '{param}' file is larger than the {limit:,}-byte limit. "
-                                   "Send a smaller image.", param=param)
-    return data
+    return request.headers.get(BASE_URL_HEADER) or str(request.base_url).rstrip("/") + WORKER_PREFIX
 
 
 async def _read_image(upload: UploadFile, param: str, limit: int) -> Any:
     from PIL import Image, UnidentifiedImageError
 
-    data = await _read_upload(upload, param, limit)
+    data = await read_upload(upload, limit, param)
     try:
         image = Image.open(io.BytesIO(data))
         if image.format not in INPUT_FORMATS:
@@ -156,10 +147,11 @@ async def _read_mask(upload: UploadFile, size: tuple[int, int], limit: int) -> A
     return alpha.point(lambda value: 255 if value == 0 else 0)
 
 
-async def _respond(engine: ImageEngine, files: ImageFiles, job: Job, request: Request, path: str) -> Response:
+async def _respond(engine: ImageEngine, files: ImageFiles | None, stats: Stats, job: Job, request: Request,
+                   path: str) -> Response:
     cancel = threading.Event()
     if job.request.stream:
-        return sse_response(_stream_events(engine, job, cancel, path), done=False)
+        return sse_response(_stream_events(engine, stats, job, cancel, path), done=False)
     images = await run_cancellable(request, lambda: list(engine.generate_images(job.params, cancel)), cancel)
     data = [await run_in_threadpool(_image_item, job, files, image) for image in images]
     stats.record(path)
@@ -167,47 +159,36 @@ async def _respond(engine: ImageEngine, files: ImageFiles, job: Job, request: Re
                                              output_format=job.output_format))
 
 
-def _image_item(job: Job, files: ImageFiles, image: Any) -> dict[str, str]:
+def _image_item(job: Job, files: ImageFiles | None, image: Any) -> dict[str, str]:
     encoded = encode_image(image, job.output_format, job.request.output_compression)
     if job.response_format == "url":
+        if files is None:
+            raise InvalidRequestError("This server keeps no image files; use response_format 'b64_json'.",
+                                      param="response_format")
         return {"url": f"{job.base_url}/images/files/{files.save(encoded, job.output_format)}"}
     return {"b64_json": base64.b64encode(encoded).decode()}
 
 
-async def _stream_events(engine: ImageEngine, job: Job, cancel: threading.Event,
+async def _stream_events(engine: ImageEngine, stats: Stats, job: Job, cancel: threading.Event,
                          path: str) -> AsyncIterator[dict[str, Any]]:
     """Partial images as sampling goes (up to `partial_images` per image), then each completed image.
     The engine runs in its own thread; previews arrive from inside its sampling loop."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    partials: dict[int, int] = {}
 
-    def put(item: Any) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, item)
+    def generate(put: Callable[[Any], None]) -> None:
+        partials: dict[int, int] = {}
 
-    def on_preview(index: int, image: Any) -> None:
-        partial_index = partials.get(index, 0)
-        if partial_index < job.params.previews:
-            partials[index] = partial_index + 1
-            put((partial_index, image))
+        def on_preview(index: int, image: Any) -> None:
+            partial_index = partials.get(index, 0)
+            if partial_index < job.params.previews:
+                partials[index] = partial_index + 1
+                put((partial_index, image))
 
-    def run() -> None:
-        try:
-            for image in engine.generate_images(job.params, cancel, on_preview):
-                put((None, image))
-        except BaseException as exc:  # re-raised below, where the SSE framing reports it
-            put(exc)
-        put(_END)
+        for image in engine.generate_images(job.params, cancel, on_preview):
+            put((None, image))
 
-    threading.Thread(target=run, name="image-stream", daemon=True).start()
-    try:
-        while (item := await queue.get()) is not _END:
-            if isinstance(item, BaseException):
-                raise item
-            yield await run_in_threadpool(_stream_event, job, *item)
-        stats.record(path)
-    finally:
-        cancel.set()
+    async for item in from_thread(generate, cancel):
+        yield await run_in_threadpool(_stream_event, job, *item)
+    stats.record(path)
 
 
 def _stream_event(job: Job, partial_image_index: int | None, image: Any) -> dict[str, Any]:

@@ -1,9 +1,10 @@
-"""Usage counters of this worker process (it serves one model), read back by GET /status."""
+"""Usage counters of one worker (it serves one model), read back by GET /status; made by `create_worker_app`."""
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 
@@ -30,20 +31,11 @@ class Stats:
             return {"requests": dict(self.requests), "prompt_tokens": self.prompt_tokens,
                     "completion_tokens": self.completion_tokens, "active": self.active}
 
-
-# One worker process hosts one engine, so its counters are process-wide.
-_stats = Stats()
-
-
-def record(request_path: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
-    """Count one finished request and the tokens it used."""
-    _stats.record(request_path, prompt_tokens, completion_tokens)
-
-
-def track(delta: int) -> None:
-    """+1 when a request starts, -1 when it ends."""
-    _stats.track(delta)
-
-
-def snapshot() -> dict[str, Any]:
-    return _stats.snapshot()
+    async def counted(self, path: str, token_counts: Callable[[], tuple[int, int]],
+                      events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """Pass a stream through, then count the request and its (prompt, completion) tokens."""
+        try:
+            async for event in events:
+                yield event
+        finally:
+            self.record(path, *token_counts())

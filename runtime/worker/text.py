@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
@@ -12,21 +11,23 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from runtime.engines.base import TextEngine, Usage
-from runtime.errors import ContextLengthExceededError, InvalidRequestError
+from runtime.errors import InvalidRequestError, check_context
+from runtime.http.bridge import primed, run_cancellable
+from runtime.http.sse import sse_response
 from runtime.protocol import embeddings as embedding_wire
 from runtime.protocol.chat import CreateChatCompletionRequest
 from runtime.protocol.completions import CreateCompletionRequest
 from runtime.protocol.embeddings import CreateEmbeddingRequest
-from runtime.server.sse import sse_response
-from runtime.worker import chat, completions, stats
-from runtime.worker.threads import primed, run_cancellable
+from runtime.spec import worker_path
+from runtime.worker import chat, completions
+from runtime.worker.stats import Stats
 
-CHAT_PATH = "/v1/chat/completions"
-COMPLETIONS_PATH = "/v1/completions"
-EMBEDDINGS_PATH = "/v1/embeddings"
+CHAT_PATH = worker_path("chat")
+COMPLETIONS_PATH = worker_path("completions")
+EMBEDDINGS_PATH = worker_path("embeddings")
 
 
-def create_router(engine: TextEngine) -> APIRouter:
+def create_router(engine: TextEngine, stats: Stats) -> APIRouter:
     router = APIRouter()
     capabilities = frozenset(engine.capabilities)  # type: ignore[attr-defined]
     fingerprint = chat.fingerprint(engine)
@@ -44,7 +45,8 @@ def create_router(engine: TextEngine) -> APIRouter:
         usage, cancel = Usage(), threading.Event()
         if body.stream:
             events = await primed(chat.stream(engine, job, usage, cancel))
-            return sse_response(counted(CHAT_PATH, lambda: (usage.prompt_tokens, usage.completion_tokens), events))
+            tokens = lambda: (usage.prompt_tokens, usage.completion_tokens)  # noqa: E731
+            return sse_response(stats.counted(CHAT_PATH, tokens, events))
         result = await run_cancellable(request, lambda: chat.collect(engine, job, usage, cancel), cancel)
         stats.record(CHAT_PATH, usage.prompt_tokens, usage.completion_tokens)
         return JSONResponse(result)
@@ -57,7 +59,7 @@ def create_router(engine: TextEngine) -> APIRouter:
         cancel = threading.Event()
         if body.stream:
             events = await primed(completions.stream(engine, job, cancel))
-            return sse_response(counted(COMPLETIONS_PATH, job.token_counts, events))
+            return sse_response(stats.counted(COMPLETIONS_PATH, job.token_counts, events))
         result = await run_cancellable(request, lambda: completions.collect(engine, job, cancel), cancel)
         stats.record(COMPLETIONS_PATH, *job.token_counts())
         return JSONResponse(result)
@@ -74,23 +76,12 @@ def create_router(engine: TextEngine) -> APIRouter:
     return router
 
 
-async def counted(path: str, token_counts: Callable[[], tuple[int, int]],
-                  events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    """Pass a stream through, then count its (prompt, completion) tokens."""
-    try:
-        async for event in events:
-            yield event
-    finally:
-        stats.record(path, *token_counts())
-
-
 def embed(engine: TextEngine, body: CreateEmbeddingRequest, cancel: threading.Event) -> dict[str, Any]:
     """Tokenize, check each input fits, embed in one engine call, then shape (blocking)."""
     inputs = [engine.tokenize(i) if isinstance(i, str) else i for i in body.inputs()]
     for position, tokens in enumerate(inputs):
-        if len(tokens) > engine.context_length:
-            param = "input" if len(inputs) == 1 else f"input[{position}]"
-            raise ContextLengthExceededError(engine.context_length, len(tokens), param=param)
+        param = "input" if len(inputs) == 1 else f"input[{position}]"
+        check_context(engine.context_length, len(tokens), param=param, generating=False)
     vectors = engine.embed(inputs, cancel)
     if body.dimensions is not None:
         vectors = [shorten(v, body.dimensions) for v in vectors]

@@ -18,15 +18,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import testmodels  # noqa: E402
 
 from runtime.engines.base import SamplingParams, Usage  # noqa: E402
-from runtime.engines.llama_batch import BatchEngine  # noqa: E402
-from runtime.engines.options import EngineOptions  # noqa: E402
+from runtime.engines.llama.batch import BatchEngine  # noqa: E402
+from runtime.options import EngineOptions  # noqa: E402
 
 CHAT = "<|im_start|>user\n[{}] Write a long story about the sea.<|im_end|>\n<|im_start|>assistant\n"
 
 
 def stream(engine: BatchEngine, tag: str, max_tokens: int) -> int:
     usage = Usage()
-    tokens = engine.tokenize(CHAT.format(tag), parse_special=True)
+    tokens = engine.vocab.tokenize(CHAT.format(tag), parse_special=True)
     params = SamplingParams(temperature=0.7, max_tokens=max_tokens, seed=1)
     for _ in engine.generate(tokens, params, 1, usage, threading.Event()):
         pass
@@ -50,7 +50,7 @@ def generation(max_tokens: int) -> None:
 def embeddings() -> None:
     engine = BatchEngine(testmodels.minilm_gguf(), EngineOptions(), embedding=True)
     try:
-        inputs = [engine.tokenize(f"Sentence {i} about the lighthouse by the sea.") for i in range(256)]
+        inputs = [engine.vocab.tokenize(f"Sentence {i} about the lighthouse by the sea.") for i in range(256)]
         best = min(_timed(lambda: engine.embed(inputs, threading.Event())) for _ in range(3))
         print(f"embeddings: {256 / best:.1f} inputs/s")
     finally:

@@ -5,9 +5,9 @@ Its list is a superset of OpenAI's, so an OpenAI client pointed at /v1 still lis
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -15,8 +15,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from runtime.engines.options import EngineOptions
 from runtime.errors import InvalidRequestError
+from runtime.http.bridge import from_thread
+from runtime.http.errors import JSON_PARSE_MESSAGE
+from runtime.http.sse import sse_response
+from runtime.options import EngineOptions, parse_keep_alive
 from runtime.protocol.models import (
     ConfigureModelRequest,
     LoadModelRequest,
@@ -24,12 +27,9 @@ from runtime.protocol.models import (
     ManagedModelList,
     PullModelRequest,
 )
-from runtime.scheduler.keepalive import parse_keep_alive
 from runtime.server.auth import require_api_key
-from runtime.server.errors import JSON_PARSE_MESSAGE
 from runtime.server.openapi import ERROR_RESPONSES, request_body, success_response
 from runtime.server.routes.openai import openai_model, workers_by_model
-from runtime.server.sse import sse_response
 from runtime.store.registry import ModelRecord
 from runtime.store.store import Store
 
@@ -111,29 +111,17 @@ async def pull_model(request: Request) -> StreamingResponse:
 
 
 async def _pull_events(request: Request, pull: PullModelRequest) -> AsyncIterator[dict[str, Any]]:
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    paths = request.app.state.settings.paths
 
-    def put(kind: str, item: Any) -> None:
-        loop.call_soon_threadsafe(events.put_nowait, (kind, item))
-
-    def work() -> None:  # a client that goes away does not stop the download; it finishes and registers
-        store = Store(request.app.state.settings.paths)
+    def work(put: Callable[[Any], None]) -> None:  # a client that goes away does not stop the download
+        store = Store(paths)
         try:
-            put("done", store.pull(pull.source, pull.name, pull.kind, pull.revision, pull.files,
-                                   progress=lambda event: put("progress", event)))
-        except Exception as exc:
-            put("error", exc)
+            put(store.pull(pull.source, pull.name, pull.kind, pull.revision, pull.files, progress=put))
         finally:
             store.close()
 
-    worker = loop.run_in_executor(None, work)
-    while True:
-        kind, item = await events.get()
-        if kind == "error":
-            raise item
-        if kind == "done":
-            await worker
+    async for item in from_thread(work, threading.Event()):
+        if isinstance(item, ModelRecord):
             yield {"event": "success", "model": managed_model(item, None).model_dump()}
             return
         yield item

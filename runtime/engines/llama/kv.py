@@ -1,0 +1,105 @@
+"""Bookkeeping for llama.cpp's unified KV cache: which sequence holds which tokens and how many
+cells are in use. Only active sequences hold cells; a released sequence's state moves to the
+host cache (hostcache.py), from where a request with the same prefix gets it back.
+
+llama.cpp has no call that counts used cells, so the ledger performs every memory operation
+itself and mirrors it. In a unified cache `seq_cp` shares cells instead of copying them and
+every later decode writes fresh cells, so two sequences only ever share a prefix of positions;
+`_shared[a][b]` is that prefix length, and the cells a sequence alone holds are the ones past
+its longest shared prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import llama_cpp.llama_cpp as ll
+
+from runtime.engines.llama.hostcache import Entry, HostCache, common_prefix
+
+
+@dataclass
+class Prefix:
+    """Where a new sequence's first `length` tokens come from: a sequence in the pool, a host cache
+    entry, or nowhere (length 0)."""
+
+    length: int = 0
+    seq: int = -1
+    entry: Entry | None = None
+
+    def cells_needed(self, total: int) -> int:
+        """Cells a sequence of `total` tokens takes when it starts from this prefix."""
+        if self.seq >= 0:
+            return total - self.length  # shared cells are already there
+        if self.entry is not None:
+            return max(total, len(self.entry.tokens))  # the whole entry comes back before it is trimmed
+        return total
+
+
+class KVLedger:
+    def __init__(self, ctx: Any, n_cells: int, n_seqs: int) -> None:
+        self._memory = ll.llama_get_memory(ctx)
+        self.n_cells = n_cells
+        self.host = HostCache(ctx, n_cells)
+        self.tokens: list[list[int]] = [[] for _ in range(n_seqs)]
+        self._shared = [[0] * n_seqs for _ in range(n_seqs)]
+        self._free_ids = list(range(n_seqs - 1, -1, -1))
+        self.used = 0
+
+    @property
+    def free_cells(self) -> int:
+        return self.n_cells - self.used
+
+    def acquire(self) -> int:
+        return self._free_ids.pop()
+
+    def release(self, seq: int, *, keep: bool) -> None:
+        """Give a sequence back; with `keep` its state goes to the host cache for later requests."""
+        if keep and self.tokens[seq] and ll.llama_memory_seq_pos_min(self._memory, seq) <= 0:
+            self.host.save(seq, self.tokens[seq])
+        self.used -= len(self.tokens[seq]) - max(self._shared[seq])
+        ll.llama_memory_seq_rm(self._memory, seq, -1, -1)
+        self.tokens[seq] = []
+        for other, row in enumerate(self._shared):
+            row[seq] = self._shared[seq][other] = 0
+        self._free_ids.append(seq)
+
+    def best_prefix(self, prompt: list[int]) -> Prefix:
+        """The longest prefix of `prompt` held in the pool or the host cache; the pool wins ties."""
+        entry, best = self.host.best(prompt)
+        found = Prefix(best, entry=entry)
+        for seq, held in enumerate(self.tokens):
+            if len(held) < found.length or not held or held[0] != prompt[0]:
+                continue
+            length = common_prefix(held, prompt)
+            if length >= found.length and length and ll.llama_memory_seq_pos_min(self._memory, seq) <= 0:
+                found = Prefix(length, seq=seq)
+        return found
+
+    def start(self, seq: int, prefix: Prefix) -> int:
+        """Fill the empty sequence `seq` with the prefix; how many tokens it then holds."""
+        if prefix.seq >= 0:
+            self.share(prefix.seq, seq, prefix.length)
+        elif prefix.entry is not None:
+            # A recurrent model's state cannot be cut back to a shorter prefix: start afresh instead.
+            if not (self.host.restore(prefix.entry, seq)
+                    and ll.llama_memory_seq_rm(self._memory, seq, prefix.length, -1)):
+                ll.llama_memory_seq_rm(self._memory, seq, -1, -1)
+                return 0
+            self.append(seq, prefix.entry.tokens[:prefix.length])
+        return prefix.length
+
+    def share(self, src: int, dst: int, length: int) -> None:
+        """Let the empty sequence `dst` share the first `length` cells of `src` (no data is copied)."""
+        ll.llama_memory_seq_cp(self._memory, src, dst, 0, length)
+        self.tokens[dst] = self.tokens[src][:length]
+        for other, row in enumerate(self._shared):
+            if other not in (src, dst):
+                row[dst] = self._shared[dst][other] = min(length, self._shared[src][other])
+        self._shared[src][dst] = self._shared[dst][src] = length
+
+    def append(self, seq: int, tokens: list[int]) -> None:
+        """Record tokens written into fresh cells."""
+        self.tokens[seq].extend(tokens)
+        self.used += len(tokens)

@@ -1,0 +1,21 @@
+"""The request schema of each endpoint (runtime/spec.py's ENDPOINTS), by capability."""
+
+from __future__ import annotations
+
+from runtime.protocol.audio import CreateSpeechRequest, CreateTranscriptionRequest, CreateTranslationRequest
+from runtime.protocol.chat import CreateChatCompletionRequest
+from runtime.protocol.common import OpenAIRequest
+from runtime.protocol.completions import CreateCompletionRequest
+from runtime.protocol.embeddings import CreateEmbeddingRequest
+from runtime.protocol.images import CreateImageEditRequest, CreateImageRequest
+
+REQUEST_SCHEMAS: dict[str, type[OpenAIRequest]] = {
+    "chat": CreateChatCompletionRequest,
+    "completions": CreateCompletionRequest,
+    "embeddings": CreateEmbeddingRequest,
+    "images": CreateImageRequest,
+    "image_edits": CreateImageEditRequest,
+    "speech": CreateSpeechRequest,
+    "transcriptions": CreateTranscriptionRequest,
+    "translations": CreateTranslationRequest,
+}
