@@ -75,6 +75,10 @@ class TextEngine(Protocol):
 
     def detokenize(self, tokens: list[int]) -> str: ...
 
+    def document_start(self) -> list[int]:
+        """The tokens a document starts with (BOS, else EOS): the prompt of a completion that sends none."""
+        ...
+
     def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
         """Apply the model's chat template (with the generation prompt)."""
         ...

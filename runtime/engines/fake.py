@@ -161,6 +161,9 @@ class FakeEngine:
         return "".join(" " + WORDS[t - WORD_TOKEN_BASE] if t >= WORD_TOKEN_BASE else chr(t - TOKEN_OFFSET)
                        for t in tokens if t >= TOKEN_OFFSET)
 
+    def document_start(self) -> list[int]:
+        return [BOS]
+
     def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
         parts = []
         for message in messages:

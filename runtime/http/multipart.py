@@ -1,7 +1,8 @@
 """Multipart forms as the OpenAI SDKs encode them -> plain dicts for the request schemas.
 
 Lists arrive as repeated `key[]` parts (or a repeated plain `key`), nested objects as
-`key[sub]`, booleans as "true"/"false" and numbers as decimal strings; pydantic coerces those.
+`key[sub]`, booleans as "true"/"false" and numbers as decimal strings; pydantic coerces those. A
+field sent as "null" (what FormData.append(key, null) writes) is unset, as null is in JSON.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ _NESTED = re.compile(r"^([^\[\]]+)\[([^\[\]]+)\]$")
 def form_to_dict(form: FormData) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in form.multi_items():
+        if value == "null":
+            continue
         if key.endswith("[]"):
             _append(out, key[:-2], value)
         elif match := _NESTED.match(key):

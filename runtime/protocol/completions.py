@@ -25,7 +25,7 @@ Prompt = str | list[str] | list[int] | list[list[int]]
 
 class CreateCompletionRequest(OpenAIRequest):
     model: str
-    prompt: Prompt | None = "<|endoftext|>"
+    prompt: Prompt | None = None  # None, "" or no tokens: the start of a document
     suffix: str | None = None
     max_tokens: Annotated[int | None, Field(ge=0)] = 16
     temperature: Temperature = None
@@ -45,12 +45,20 @@ class CreateCompletionRequest(OpenAIRequest):
 
     def validate_semantics(self) -> None:
         check_stream_options(self.stream, self.stream_options)
-        if self.best_of not in (None, 1, self.n or 1):
-            raise InvalidRequestError("'best_of' must equal 'n' on this server.", param="best_of",
-                                      code="unsupported_value")
-        if self.prompt is None or self.prompt == [] or any(p == [] for p in self.prompt if isinstance(p, list)):
-            raise InvalidRequestError("'$.prompt' is invalid: it must not be empty.", param="prompt")
+        if self.best_of is not None and self.best_of < (self.n or 1):
+            raise InvalidRequestError("best_of must be greater than or equal to n.", param="best_of",
+                                      code="invalid_value")
+        if self.stream and self.candidates > (self.n or 1):
+            raise InvalidRequestError("Cannot stream results with best_of greater than n.", param="best_of",
+                                      code="invalid_value")
+        if self.prompt == []:
+            raise InvalidRequestError("'$.prompt' is invalid: it must not be an empty list.", param="prompt")
         check_logit_bias(self.logit_bias)
+
+    @property
+    def candidates(self) -> int:
+        """Completions generated per prompt; the `n` with the highest mean log-probability are returned."""
+        return max(self.best_of or 1, self.n or 1)
 
     def prompts(self) -> list[str | list[int]]:
         """The prompt as a list of single prompts, each text or token ids."""

@@ -65,7 +65,7 @@ class CreateImageRequest(ImageOptions):
 
 
 class CreateImageEditRequest(ImageOptions):
-    """Validated from `runtime.protocol.multipart.form_to_dict(form)`: uploads stay UploadFile."""
+    """Validated from `runtime.http.multipart.form_to_dict(form)`: uploads stay UploadFile."""
 
     model_config = {"arbitrary_types_allowed": True}
 

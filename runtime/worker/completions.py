@@ -24,7 +24,8 @@ class CompletionJob:
     prompts: list[list[int]]
     echoes: list[str]  # prompt text per prompt, when echo is on
     params: SamplingParams
-    n: int
+    n: int  # choices returned per prompt
+    candidates: int  # choices generated per prompt (best_of); the n best are returned
     fingerprint: str
     usages: list[Usage] = field(default_factory=list)
     completion_id: str = field(default_factory=lambda: "cmpl-" + uuid.uuid4().hex[:24])
@@ -45,13 +46,16 @@ def prepare(engine: TextEngine, req: CreateCompletionRequest, fingerprint: str) 
             tokens = engine.infill(prompt if isinstance(prompt, str) else engine.detokenize(prompt), req.suffix)
         else:
             tokens = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        tokens = tokens or engine.document_start()  # an empty prompt starts a document, as OpenAI's does
         check_context(engine.context_length, len(tokens), req.max_tokens, param="prompt")
         prompts.append(tokens)
         echoes.append((prompt if isinstance(prompt, str) else engine.detokenize(prompt)) if req.echo else "")
     params = sampling_params(req.temperature, req.top_p, req.seed, req.presence_penalty, req.frequency_penalty,
                              req.logit_bias, stop_list(req.stop), req.max_tokens)
-    params.logprobs = req.logprobs
-    return CompletionJob(req, prompts, echoes, params, req.n or 1, fingerprint)
+    n = req.n or 1
+    # Ranking best_of candidates needs each token's log-probability, asked for or not.
+    params.logprobs = req.logprobs if req.logprobs is not None or req.candidates == n else 0
+    return CompletionJob(req, prompts, echoes, params, n, req.candidates, fingerprint)
 
 
 def generate_all(engine: TextEngine, job: CompletionJob, cancel: threading.Event) -> Iterator[tuple[int, TextDelta]]:
@@ -59,8 +63,8 @@ def generate_all(engine: TextEngine, job: CompletionJob, cancel: threading.Event
     for number, prompt in enumerate(job.prompts):
         usage = Usage()
         job.usages.append(usage)
-        for delta in engine.generate(prompt, job.params, job.n, usage, cancel):
-            yield number * job.n + delta.index, delta
+        for delta in engine.generate(prompt, job.params, job.candidates, usage, cancel):
+            yield number * job.candidates + delta.index, delta
 
 
 async def stream_all(engine: TextEngine, job: CompletionJob,
@@ -90,13 +94,18 @@ class LegacyLogprobs:
             self.offsets.append(offset)
             offset += len(lp.token)
 
+    def mean(self) -> float:
+        """Mean log-probability of the tokens (0 for none: an empty completion is certain)."""
+        scored = [lp for lp in self.logprobs if lp is not None]
+        return sum(scored) / len(scored) if scored else 0.0
+
     def dict(self) -> dict[str, Any]:
         return wire.legacy_logprobs(self.tokens, self.logprobs, self.top, self.offsets)
 
 
 def collect(engine: TextEngine, job: CompletionJob, cancel: threading.Event) -> dict[str, Any]:
-    total = len(job.prompts) * job.n
-    texts = [job.echoes[i // job.n] for i in range(total)]
+    total = len(job.prompts) * job.candidates
+    texts = [job.echoes[i // job.candidates] for i in range(total)]
     finish: dict[int, str] = {}
     logprobs = [LegacyLogprobs() for _ in range(total)]
     for index, delta in generate_all(engine, job, cancel):
@@ -104,10 +113,21 @@ def collect(engine: TextEngine, job: CompletionJob, cancel: threading.Event) -> 
         texts[index] += delta.text
         if delta.finish_reason:
             finish[index] = delta.finish_reason
-    wanted = job.params.logprobs is not None
-    choices = [wire.choice(i, texts[i], finish.get(i, "stop"), logprobs[i].dict() if wanted else None)
-               for i in range(total)]
+    wanted = job.request.logprobs is not None
+    choices = [wire.choice(number, texts[i], finish.get(i, "stop"), logprobs[i].dict() if wanted else None)
+               for number, i in enumerate(best(job, logprobs))]
     return wire.completion(job.completion_id, job.created, job.request.model, job.fingerprint, choices, job.usage())
+
+
+def best(job: CompletionJob, logprobs: list[LegacyLogprobs]) -> list[int]:
+    """The candidates returned, prompt by prompt: all of them, or the n with the highest mean log-probability."""
+    if job.candidates == job.n:
+        return list(range(len(logprobs)))
+    chosen = []
+    for first in range(0, len(logprobs), job.candidates):
+        ranked = sorted(range(first, first + job.candidates), key=lambda i: -logprobs[i].mean())
+        chosen += ranked[: job.n]
+    return chosen
 
 
 async def stream(engine: TextEngine, job: CompletionJob, cancel: threading.Event) -> AsyncIterator[dict[str, Any]]:

@@ -138,3 +138,38 @@ def test_stream_errors_before_the_first_token_are_plain_400s(base_url: str) -> N
     body = {"model": MODEL, "prompt": [5, 10**7], "max_tokens": 2, "stream": True}
     response = httpx.post(base_url + "/completions", json=body, timeout=60)
     assert response.status_code == 400 and response.json()["error"]["param"] == "prompt"
+
+
+@pytest.mark.parametrize("prompt", ["", [""], [[]]])
+def test_an_empty_prompt_starts_a_document(client: openai.OpenAI, smollm_engine: Any, prompt: Any) -> None:
+    result = client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, temperature=0,
+                                       logit_bias={"0": -100, "2": -100})  # no end of text before 4 tokens
+    assert result.usage.prompt_tokens == 1 and result.usage.completion_tokens == 4
+    assert result.choices[0].finish_reason == "length" and result.choices[0].text
+
+
+def test_an_omitted_or_null_prompt_starts_a_document(base_url: str, smollm_engine: Any) -> None:
+    for body in ({"model": MODEL, "max_tokens": 2}, {"model": MODEL, "max_tokens": 2, "prompt": None}):
+        response = httpx.post(base_url + "/completions", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+        assert response.json()["usage"]["prompt_tokens"] == len(smollm_engine.document_start()) == 1
+
+
+def test_best_of_returns_n_of_its_candidates_and_counts_them_all(client: openai.OpenAI) -> None:
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 4, "logit_bias": {"0": -100, "2": -100}}
+    result = client.completions.create(**body, n=2, best_of=3, seed=5)
+    assert [c.index for c in result.choices] == [0, 1]
+    assert all(c.logprobs is None and c.finish_reason == "length" for c in result.choices)  # not asked for
+    assert result.usage.completion_tokens == 3 * 4  # every candidate is generated (and billed, as OpenAI does)
+    scored = client.completions.create(**body, n=1, best_of=2, logprobs=1, seed=5).choices
+    assert len(scored) == 1 and len(scored[0].logprobs.tokens) == 4
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"n": 3, "best_of": 2}, "best_of must be greater than or equal to n."),
+    ({"best_of": 2, "stream": True}, "Cannot stream results with best_of greater than n."),
+])
+def test_best_of_refusals(base_url: str, fields: dict[str, Any], message: str) -> None:
+    response = httpx.post(base_url + "/completions", json={"model": MODEL, "prompt": PROMPT, **fields}, timeout=60)
+    assert response.status_code == 400 and response.json()["error"]["message"] == message
+    assert response.json()["error"]["param"] == "best_of"

@@ -157,6 +157,15 @@ def test_stream_false_as_sent_by_openai_node_is_json(base_url):
     assert response.json()["words"]
 
 
+def test_null_form_fields_are_unset_as_form_data_clients_send_them(base_url):
+    files = {"file": ("fox.wav", FOX.read_bytes(), "audio/wav")}  # FormData.append("stream", null) sends "null"
+    response = httpx.post(base_url + "/audio/transcriptions", files=files,
+                          data={"model": "tiny.en", "stream": "null", "language": "null", "prompt": "null"},
+                          timeout=120)
+    assert response.status_code == 200, response.text
+    assert_fox(response.json()["text"])  # json, the default format: not a stream
+
+
 def test_prompt_language_and_temperature_are_accepted(client):
     result = client.audio.transcriptions.create(model="tiny.en", file=FOX, language="en", temperature=0.2,
                                                 prompt="A pangram about a fox.")

@@ -62,6 +62,9 @@ class LlamaEngine:
         self._check_ids(tokens)
         return self._vocab.detokenize(tokens)
 
+    def document_start(self) -> list[int]:
+        return [self._vocab.bos if self._vocab.bos >= 0 else self._vocab.eos]
+
     def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
         return self._template.render(messages, tools)
 
