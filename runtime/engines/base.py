@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from runtime.errors import InvalidRequestError, check_context
+
 
 class Engine(Protocol):
     capabilities: frozenset[str]  # subset of "chat", "completions", "embeddings", "images",
@@ -65,6 +67,17 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+
+
+def check_generation(prompt: list[int], n: int, *, parallel: int, context_length: int, embedding_only: bool) -> None:
+    """What a text engine checks before it takes a generation request."""
+    if embedding_only:
+        raise InvalidRequestError("This model serves embeddings only.")
+    if not prompt:
+        raise InvalidRequestError("The prompt is empty.", param="prompt")
+    if n > parallel:
+        raise InvalidRequestError(f"n is at most {parallel} for this model (its --parallel setting).", param="n")
+    check_context(context_length, len(prompt))
 
 
 @runtime_checkable

@@ -39,10 +39,11 @@ from runtime.engines.base import (
     TranscriptSegment,
     TranscriptWord,
     Usage,
+    check_generation,
 )
 from runtime.engines.llama.stops import StopScanner
 from runtime.engines.llama.stream import DeltaStream
-from runtime.errors import EngineError, InvalidRequestError, check_context
+from runtime.errors import EngineError, InvalidRequestError
 from runtime.http.bridge import DONE, Mailbox
 from runtime.spec import KINDS, ModelSpec
 
@@ -184,17 +185,10 @@ class FakeEngine:
         return DeltaStream(request.events, cancel, request.abandoned, lambda: self._inbox.put(request))
 
     def _check_generate(self, prompt: list[int], n: int) -> None:
-        """The llama engine's checks (BatchEngine._check_generate), with its messages."""
         if self._closing:
             raise EngineError("The engine is closed.")
-        if self.spec.kind == "embedding":
-            raise InvalidRequestError("This model serves embeddings only.")
-        if not prompt:
-            raise InvalidRequestError("The prompt is empty.", param="prompt")
-        if n > self.parallel:
-            raise InvalidRequestError(
-                f"n is at most {self.parallel} for this model (its --parallel setting).", param="n")
-        check_context(self.context_length, len(prompt))
+        check_generation(prompt, n, parallel=self.parallel, context_length=self.context_length,
+                         embedding_only=self.spec.kind == "embedding")
 
     # The decode thread
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import llama_cpp.llama_cpp as ll
 
-from runtime.engines.base import SamplingParams, Usage
+from runtime.engines.base import SamplingParams, Usage, check_generation
 from runtime.engines.llama.defaults import DEFAULT_CACHE_TYPE, chat_context, default_parallel
 from runtime.engines.llama.embed import EmbeddingBatcher, EmbedJob
 from runtime.engines.llama.generation import GenerationLoop
@@ -112,7 +112,8 @@ class BatchEngine:
     def generate(self, prompt_tokens: list[int], params: SamplingParams, n: int, usage: Usage,
                  cancel: threading.Event) -> DeltaStream:
         """Deltas for `n` choices of one prompt, decoded together with every other request."""
-        self._check_generate(prompt_tokens, params, n)
+        check_generation(prompt_tokens, n, parallel=self.parallel, context_length=self.context_length,
+                         embedding_only=self.embedding)
         usage.prompt_tokens = len(prompt_tokens)
         request = GenerationRequest(list(prompt_tokens), params, usage, cancel, next(self._ages))
         window = self.context_length
@@ -122,16 +123,6 @@ class BatchEngine:
             request.choices.append(Choice(index, request, list(prompt_tokens), chain,
                                           StopScanner(params.stop)))
         return DeltaStream(request.events, cancel, request.abandoned, lambda: self._inbox.put(request))
-
-    def _check_generate(self, prompt: list[int], params: SamplingParams, n: int) -> None:
-        if self.embedding:
-            raise InvalidRequestError("This model serves embeddings only.")
-        if not prompt:
-            raise InvalidRequestError("The prompt is empty.", param="prompt")
-        if n > self.parallel:
-            raise InvalidRequestError(
-                f"n is at most {self.parallel} for this model (its --parallel setting).", param="n")
-        check_context(self.context_length, len(prompt))
 
     def embed(self, inputs: list[list[int]], cancel: threading.Event) -> list[list[float]]:
         """One normalised vector per input; inputs of all callers share decodes."""
