@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -61,6 +62,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def fake_models(tmp_path: Path, models: dict[str, dict[str, Any]], options: dict[str, dict[str, Any]] | None = None,
+                kinds: dict[str, str] | None = None, sizes: dict[str, int] | None = None,
+                **settings: Any) -> tuple[Settings, Registry]:
+    """Settings (a 64 GiB budget unless given) and a registry of fake-engine models, each with its metadata,
+    options, kind (default llm) and file size (default 0)."""
+    loaded = Settings.load({"memory_budget": 64 * 1024 * MIB, **settings})
+    registry = Registry(loaded.paths.ensure())
+    for name, metadata in models.items():
+        files = [ModelFile("model", str(tmp_path / f"{name}.bin"), (sizes or {}).get(name, 0))]
+        registry.add(ModelRecord(name, (kinds or {}).get(name, "llm"), {"type": "fake"}, files, metadata,
+                                 EngineOptions.from_dict((options or {}).get(name)), engine="fake"))
+    return loaded, registry
 
 
 class Harness:
@@ -127,12 +142,7 @@ def start(tmp_path: Any) -> Iterator[Callable[..., Harness]]:
     def _start(models: dict[str, dict[str, Any]], options: dict[str, dict[str, Any]] | None = None,
                kinds: dict[str, str] | None = None, sizes: dict[str, int] | None = None,
                **settings: Any) -> Harness:
-        loaded = Settings.load({"memory_budget": 64 * 1024 * MIB, **settings})
-        registry = Registry(loaded.paths.ensure())
-        for name, metadata in models.items():
-            files = [ModelFile("model", str(tmp_path / f"{name}.bin"), (sizes or {}).get(name, 0))]
-            registry.add(ModelRecord(name, (kinds or {}).get(name, "llm"), {"type": "fake"}, files, metadata,
-                                     EngineOptions.from_dict((options or {}).get(name)), engine="fake"))
+        loaded, registry = fake_models(tmp_path, models, options, kinds, sizes, **settings)
         harness = Harness(loaded, registry).__enter__()
         harnesses.append(harness)
         return harness

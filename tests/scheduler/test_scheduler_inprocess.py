@@ -17,15 +17,15 @@ from typing import Any
 
 import pytest
 from inprocess_worker import InProcessWorker, WorkerFarm
+from test_scheduler import fake_models
 
 from runtime.config import Settings
 from runtime.errors import QueueFullError, WorkerError
-from runtime.options import EngineOptions
 from runtime.scheduler import scheduler as scheduler_module
 from runtime.scheduler.memory import OVERHEAD
 from runtime.scheduler.scheduler import ModelLease, Scheduler
 from runtime.scheduler.worker_client import WorkerResponse, WorkerUnreachable
-from runtime.store.registry import ModelFile, ModelRecord, Registry
+from runtime.store.registry import Registry
 
 MIB = 1024 * 1024
 TEST_TIMEOUT_S = 20  # a hung scenario fails instead of blocking the run
@@ -66,13 +66,7 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
 
     def _setup(models: dict[str, dict[str, Any]], options: dict[str, dict[str, Any]] | None = None,
                kinds: dict[str, str] | None = None, sizes: dict[str, int] | None = None, **settings: Any) -> Env:
-        loaded = Settings.load({"memory_budget": 64 * 1024 * MIB, **settings})
-        registry = Registry(loaded.paths.ensure())
-        for name, metadata in models.items():
-            files = [ModelFile("model", str(tmp_path / f"{name}.bin"), (sizes or {}).get(name, 0))]
-            registry.add(ModelRecord(name, (kinds or {}).get(name, "llm"), {"type": "fake"}, files, metadata,
-                                     EngineOptions.from_dict((options or {}).get(name)), engine="fake"))
-        return Env(loaded, registry)
+        return Env(*fake_models(tmp_path, models, options, kinds, sizes, **settings))
 
     yield _setup
 
