@@ -10,6 +10,7 @@ from runtime.errors import (
     ConflictError,
     InvalidRequestError,
     NotFoundError,
+    PermissionDeniedError,
     ServerNotRunningError,
     ServiceUnavailableError,
     StackletError,
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
 
 ERRORS_BY_STATUS: dict[int, type[StackletError]] = {
     error.status: error
-    for error in (InvalidRequestError, AuthenticationError, NotFoundError, ConflictError, ServiceUnavailableError)
+    for error in (InvalidRequestError, AuthenticationError, PermissionDeniedError, NotFoundError, ConflictError,
+                  ServiceUnavailableError)
 }
 NOT_RUNNING = "No stacklet server is running. Start one with `stacklet serve -d`."
 TIMEOUT_S = 30.0

@@ -71,3 +71,14 @@ class Report:
 def _seconds(value: float | None) -> str:
     return f"{value:.2f}s" if value is not None else ""
 
+
+
+def expect(condition: bool, message: str) -> None:
+    """A smoke check's assertion: `message` is what the report shows when it fails."""
+    if not condition:
+        raise AssertionError(message)
+
+
+def rate(check: Check, tokens: int, start: float) -> None:
+    check.latency_s = time.perf_counter() - start
+    check.tokens_per_s = tokens / check.latency_s if check.latency_s else None

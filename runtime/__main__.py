@@ -7,13 +7,13 @@ can pass through exactly what the user typed.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from dataclasses import fields
 from typing import Any
 
 from runtime.config import Settings
 from runtime.errors import StackletError
+from runtime.http.logs import setup_logging
 from runtime.options import EngineOptions
 
 ENGINE_PREFIX = "engine."
@@ -36,7 +36,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging("%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         from runtime.server.app import run
 

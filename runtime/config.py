@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import suppress
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from runtime.errors import ConfigError
 from runtime.options import EngineOptions
@@ -32,12 +33,13 @@ class Paths:
     config: Path  # config.toml
     state: Path  # server pid/port/token, worker sockets
     logs: Path
+    home: Path | None = None  # STACKLET_HOME, when every path lives under it
 
     @classmethod
     def resolve(cls, home: str | None) -> Paths:
         if home:
             root = Path(home).expanduser().absolute()
-            return cls(root / "cache", root / "data", root / "config", root / "state", root / "logs")
+            return cls(root / "cache", root / "data", root / "config", root / "state", root / "logs", root)
         import platformdirs
 
         return cls(
@@ -66,9 +68,42 @@ class Paths:
         return self.config / "config.toml"
 
     def ensure(self) -> Paths:
-        for path in (self.cache, self.data, self.config, self.state, self.logs):
-            path.mkdir(parents=True, exist_ok=True)
+        """Create the directories, private to their owner (tightening those of an older install)."""
+        for path in (self.home, self.cache, self.data, self.config, self.state, self.logs, self.models, self.images):
+            if path is not None:
+                private_dir(path)
         return self
+
+
+# Private data (the database, keys, the server log, generated images) is 0600 in 0700 directories.
+PRIVATE_DIR_MODE, PRIVATE_FILE_MODE = 0o700, 0o600
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (and its missing parents) for its owner only, or tighten it when it exists."""
+    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o777 != PRIVATE_DIR_MODE:
+        path.chmod(PRIVATE_DIR_MODE)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Create `path` empty for its owner only when missing (never truncating it), or tighten it.
+
+    An existing file is never opened here: closing any descriptor of a file drops every POSIX lock this
+    process holds on it, and SQLite's locks on the database are such locks (opening it here corrupted it).
+    """
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+    if path.stat().st_mode & 0o777 != PRIVATE_FILE_MODE:
+        path.chmod(PRIVATE_FILE_MODE)
+    return path
+
+
+def open_private(path: Path, mode: str = "ab") -> BinaryIO:
+    """`path` opened in binary `mode`, created (or tightened) for its owner only first."""
+    private_file(path)
+    return path.open(mode)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -82,8 +117,11 @@ class Settings:
     max_queue: int = 64  # waiting requests per model before 503
     max_body_bytes: int = 25 * 1024 * 1024  # JSON bodies and uploads (OpenAI's audio limit)
     cors_origins: tuple[str, ...] = ("*",)
+    allowed_hosts: tuple[str, ...] = ()  # Host header names served besides the bind address (and localhost)
     strict_params: bool = False  # reject unknown request fields like OpenAI does
     image_url_ttl: float = 3600.0  # seconds a generated image stays fetchable by URL
+    response_ttl: float = 30 * 86400.0  # seconds a stored Responses answer stays retrievable
+    import_dirs: tuple[str, ...] = ()  # directories the management API may import local files from
     engine: EngineOptions = field(default_factory=EngineOptions)
     paths: Paths = field(default_factory=lambda: Paths.resolve(None))
 

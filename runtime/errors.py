@@ -178,3 +178,23 @@ class ChecksumMismatchError(StoreError):
 class HubUnreachableError(ServiceUnavailableError):
     code = "hub_unreachable"
     exit_code = 9
+
+
+class HubResponseError(StoreError):
+    """The hub (or an HF_ENDPOINT mirror) answered with something that cannot be right; nothing was stored."""
+
+    status = 502
+    code = "bad_hub_response"
+
+
+class InsufficientStorageError(StoreError):
+    """The disk (or the database on it) is full; what the operation had written is gone again."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
+class PullCancelledError(ServiceUnavailableError):
+    """A pull stopped early because its client went away or the server is stopping; the partial stays."""
+
+    code = "pull_cancelled"

@@ -2,12 +2,18 @@
 
 Both are layered serve < model < load (< request, for keep_alive). A field left as None is "not
 set at this layer"; `merge` lets a later layer win, and each engine applies its own default
-(engines/llama/defaults.py) for anything still unset.
+(engines/llama/defaults.py) for anything still unset. Every value comes through `from_dict` (flags, the
+config file, the environment, the API, the registry) and is refused there outside the ranges llama.cpp
+runs with; what depends on the model (its training context, the memory it needs) is checked at load.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -15,6 +21,15 @@ from runtime.errors import InvalidRequestError
 
 FLASH_ATTN = ("auto", "on", "off")
 SPLIT_MODES = ("none", "layer", "row")
+# Ranges llama.cpp runs with; past them it asserts, segfaults or (through ctypes) silently wraps.
+MIN_CTX_SIZE = 256  # it rounds contexts up to a multiple of 256, and one below its sequence count asserts
+MAX_CTX_SIZE = 2**31 - 1  # the model's training context is checked at load (check_context_size)
+MAX_PARALLEL = 256  # llama.cpp's most sequences per context
+MAX_DEVICES = 16  # llama.cpp's most GPUs
+MAX_GPU_LAYERS = 10_000  # more than any model has; llama.cpp offloads all of them
+THREADS_PER_CPU = 2
+
+log = logging.getLogger("stacklet.options")
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,19 @@ class EngineOptions:
                 out[name] = _parse(name, raw)
         return cls(**out)
 
+    @classmethod
+    def from_stored(cls, values: dict[str, Any] | None) -> EngineOptions:
+        """Options read back from the registry: a value this version refuses (stored before it checked, or on
+        a machine with more CPUs) is left out with a warning, so the model stays usable and `set` can fix it."""
+        kept = {}
+        for name, raw in (values or {}).items():
+            try:
+                cls.from_dict({name: raw})
+                kept[name] = raw
+            except InvalidRequestError as exc:
+                log.warning("ignoring a stored engine option: %s", exc.message)
+        return cls.from_dict(kept)
+
     def merge(self, later: EngineOptions | None) -> EngineOptions:
         """These options with every field `later` sets replaced."""
         if later is None:
@@ -76,16 +104,65 @@ class EngineOptions:
 
 def _parse(name: str, raw: Any) -> Any:
     try:
-        return _PARSERS.get(name, int)(raw)
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequestError(f"Invalid value {raw!r} for '{name}': {exc}", param=name) from None
+        return _PARSERS[name](raw)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidRequestError(f"Invalid value {_shown(raw)} for '{name}': {exc}", param=name) from None
+
+
+def _shown(raw: Any) -> str:
+    text = repr(raw)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _whole(raw: Any) -> int:
+    """A whole number from JSON, TOML, a flag or the environment; never a bool, a fraction or a non-finite float."""
+    if isinstance(raw, bool):
+        raise ValueError("expected a whole number, not true or false")
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float):
+        if not math.isfinite(raw) or not raw.is_integer():
+            raise ValueError("expected a whole number")
+        return int(raw)
+    if isinstance(raw, str) and re.fullmatch(r"\s*-?\d{1,20}\s*", raw):
+        return int(raw)
+    raise ValueError("expected a whole number")
+
+
+def _bounded(low: int, high: Callable[[], int], why: str = ""):
+    """A whole number in [low, high()]: what llama.cpp and ctypes take without wrapping or asserting."""
+    def parse(raw: Any) -> int:
+        value = _whole(raw)
+        top = high()
+        if not low <= value <= top:
+            raise ValueError(f"use {low} to {top}{why}")
+        return value
+
+    return parse
+
+
+def _ctx_size(raw: Any) -> int:
+    value = _whole(raw)
+    if value < MIN_CTX_SIZE:
+        raise ValueError(f"use at least {MIN_CTX_SIZE} (llama.cpp allocates contexts in steps of {MIN_CTX_SIZE})")
+    if value > MAX_CTX_SIZE:
+        raise ValueError("use at most the model's training context")
+    return value
+
+
+def max_threads() -> int:
+    """More threads than a small multiple of the CPUs only slows llama.cpp down (and 100000 crashes it)."""
+    return THREADS_PER_CPU * (os.cpu_count() or 1)
 
 
 def _gpu_layers(raw: Any) -> str:
-    text = str(raw).strip().lower()
-    if text in ("auto", "all") or (text.isdigit() and int(text) >= 0):
+    text = raw.strip().lower() if isinstance(raw, str) else None
+    if text in ("auto", "all"):
         return text
-    raise ValueError("expected auto, all or a layer count")
+    try:
+        return str(_bounded(0, lambda: MAX_GPU_LAYERS)(text if text is not None else raw))
+    except ValueError:
+        raise ValueError(f"expected auto, all or a layer count from 0 to {MAX_GPU_LAYERS}") from None
 
 
 def _choice(allowed: tuple[str, ...]):
@@ -100,7 +177,12 @@ def _choice(allowed: tuple[str, ...]):
 
 def _split(raw: Any) -> tuple[float, ...]:
     items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
-    return tuple(float(i) for i in items)
+    if len(items) > MAX_DEVICES:
+        raise ValueError(f"expected at most {MAX_DEVICES} shares, one per GPU")
+    shares = tuple(float(i) for i in items if not isinstance(i, bool))
+    if len(shares) != len(items) or not all(math.isfinite(s) and s >= 0 for s in shares):
+        raise ValueError("expected non-negative numbers, one per GPU")
+    return shares
 
 
 def _flag(raw: Any) -> bool:
@@ -114,13 +196,6 @@ def _flag(raw: Any) -> bool:
     raise ValueError("expected true or false")
 
 
-def _count(raw: Any) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError("must not be negative")
-    return value
-
-
 _PARSERS = {
     "n_gpu_layers": _gpu_layers,
     "tensor_split": _split,
@@ -132,11 +207,19 @@ _PARSERS = {
     "vae_tiling": _flag,
     "clip_on_cpu": _flag,
     "vae_on_cpu": _flag,
-    "main_gpu": _count,
-    "ctx_size": _count,
-    "parallel": _count,
-    "threads": _count,
+    "main_gpu": _bounded(0, lambda: MAX_DEVICES - 1),
+    "ctx_size": _ctx_size,
+    "parallel": _bounded(1, lambda: MAX_PARALLEL),
+    "threads": _bounded(1, max_threads, f" ({THREADS_PER_CPU} per CPU of this machine)"),
 }
+
+
+def check_context_size(options: EngineOptions, trained: Any) -> None:
+    """ctx_size within the model's training context (from its GGUF metadata): llama.cpp uses no more, and
+    a larger context only costs memory."""
+    if options.ctx_size is not None and isinstance(trained, int) and 0 < trained < options.ctx_size:
+        raise InvalidRequestError(f"Invalid value {options.ctx_size} for 'ctx_size': this model was trained with a "
+                                  f"context of {trained} tokens; use at most {trained}.", param="ctx_size")
 
 
 # keep_alive: seconds, or durations such as "30s", "5m", "1h"; negative = forever.
@@ -149,14 +232,17 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 def parse_keep_alive(value: Any) -> float:
     """Seconds to stay loaded after the last request; FOREVER for any negative value."""
     seconds: float | None = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value.strip().lower())):
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if seconds is None:
+    try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            seconds = float(value)
+        elif isinstance(value, str) and (match := _DURATION.match(value.strip().lower())):
+            seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    except OverflowError:
+        seconds = None
+    if seconds is None or not math.isfinite(seconds):
         raise InvalidRequestError(
-            f"Invalid value for 'keep_alive': {value!r}. Use seconds or a duration such as '30s', '5m' or '1h' "
-            "(negative keeps the model loaded, 0 unloads it after the request).", param="keep_alive")
+            f"Invalid value for 'keep_alive': {_shown(value)}. Use seconds or a duration such as '30s', '5m' or "
+            "'1h' (negative keeps the model loaded, 0 unloads it after the request).", param="keep_alive")
     return FOREVER if seconds < 0 else seconds
 
 

@@ -53,8 +53,16 @@ ENDPOINTS = (
     Endpoint("/audio/translations", "translations", "createTranslation", multipart=True,
              media_types=("application/json", "text/plain")),
 )
+# The agent APIs, served by the server on top of a model's chat capability (runtime/agents/).
+AGENT_APIS = {"/responses": "chat", "/messages": "chat"}
 API_PREFIXES = ("/v1-openai", "/v1")
 WORKER_PREFIX = "/v1"  # workers serve each endpoint once, under this prefix
+
+
+def served_apis(capabilities: frozenset[str]) -> list[str]:
+    """The API paths a model with `capabilities` answers on, e.g. ["/chat/completions", "/responses"]."""
+    paths = [e.path for e in ENDPOINTS if e.capability in capabilities]
+    return paths + [path for path, needs in AGENT_APIS.items() if needs in capabilities]
 
 
 def worker_path(capability: str) -> str:

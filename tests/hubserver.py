@@ -9,7 +9,10 @@
   token, 403 with a wrong one).
 
 Fault injection: `drop_once` closes the connection mid-file once; `stall_after` sends part of a file and
-then hangs until released; `corrupt` serves bytes that do not match the advertised sha256.
+then hangs until released (or until the client closes the connection: `client_gone`); `corrupt` serves
+bytes that do not match the advertised sha256; `padding` serves extra bytes after a file. Hostile answers:
+a repo's `rewrite_info` rewrites its repo info JSON (file names, commit, sizes, hashes) before it is sent,
+and `head_headers` overrides headers of its HEAD answers (ETag, sizes).
 """
 
 from __future__ import annotations
@@ -17,9 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import select
+import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 LFS_SUFFIXES = (".gguf", ".bin", ".onnx", ".safetensors", ".ckpt")
@@ -30,6 +38,8 @@ class Repo:
     files: dict[str, bytes]
     commit: str
     gated_token: str | None = None  # gated repos accept exactly this token
+    rewrite_info: Callable[[dict[str, Any]], Any] | None = None  # hostile repo info
+    head_headers: dict[str, str] = field(default_factory=dict)  # hostile HEAD headers
 
 
 @dataclass
@@ -38,8 +48,10 @@ class HubState:
     corrupt: set[str] = field(default_factory=set)  # sha256s served with wrong bytes
     drop_once: dict[str, int] = field(default_factory=dict)  # sha256 -> bytes to send before dropping
     stall_after: dict[str, int] = field(default_factory=dict)  # sha256 -> bytes to send before hanging
+    padding: dict[str, int] = field(default_factory=dict)  # sha256 -> extra bytes served after the file
     stalled: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
+    client_gone: threading.Event = field(default_factory=threading.Event)  # a stalled download's client closed
     log: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range header)
     authorized: list[str] = field(default_factory=list)  # paths requested with an Authorization header
     blobs: dict[str, bytes] = field(default_factory=dict)
@@ -136,7 +148,10 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
                 if is_lfs(path):
                     entry["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
                 siblings.append(entry)
-            payload = json.dumps({"id": name, "modelId": name, "sha": repo.commit, "siblings": siblings}).encode()
+            info: Any = {"id": name, "modelId": name, "sha": repo.commit, "siblings": siblings}
+            if repo.rewrite_info is not None:
+                info = repo.rewrite_info(info)
+            payload = json.dumps(info).encode()
             self._send(200, payload, {"Content-Type": "application/json"})
 
         def _resolve(self, name: str, revision: str, path: str, body: bool) -> None:
@@ -152,8 +167,9 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
                 headers.update({"X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data)),
                                 "ETag": f'"{git_blob_sha1(data)}"',
                                 "Location": f"http://localhost:{self.server.server_address[1]}/cdn/{sha}"})
-                return self._send(302, b"", headers)
+                return self._send(302, b"", {**headers, **repo.head_headers})
             headers["ETag"] = f'"{git_blob_sha1(data)}"'
+            headers.update(repo.head_headers)
             self._send(200, data if body else b"", headers, length=len(data))
 
         def _blob(self, sha: str, body: bool) -> None:
@@ -162,6 +178,7 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
                 return self._error(404, "EntryNotFound")
             if sha in state.corrupt:
                 data = bytes(b ^ 0xFF for b in data[:16]) + data[16:]
+            data += b"\0" * state.padding.get(sha, 0)
             start = 0
             match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
             if match:
@@ -191,10 +208,20 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(part[:cut])
                 self.wfile.flush()
                 state.stalled.set()
-                state.release.wait(60)
+                while not state.release.wait(0.05):
+                    if self._client_closed():
+                        state.client_gone.set()
+                        break
                 self.close_connection = True
                 return
             self.wfile.write(part)
+
+        def _client_closed(self) -> bool:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            try:
+                return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+            except OSError:
+                return True
 
         def _error(self, status: int, code: str, extra: dict[str, str] | None = None) -> None:
             payload = json.dumps({"error": code}).encode()
@@ -217,7 +244,6 @@ def tiny_gguf(arch: str = "llama", *, template: str | None = "{{ bos_token }}{{ 
               pooling: int | None = None, extra: bytes = b"") -> bytes:
     """A valid GGUF of a few hundred bytes (one tiny tensor); `extra` makes otherwise equal files differ."""
     import tempfile
-    from pathlib import Path
 
     import gguf
     import numpy as np
@@ -237,3 +263,9 @@ def tiny_gguf(arch: str = "llama", *, template: str | None = "{{ bos_token }}{{ 
         writer.write_tensors_to_file()
         writer.close()
         return path.read_bytes() + extra
+
+
+def store_contents(models_dir: Path) -> list[str]:
+    """Every file, link and folder in the store, relative to it; huggingface_hub's empty lock files aside."""
+    return sorted(p.relative_to(models_dir).as_posix() for p in models_dir.rglob("*")
+                  if p.relative_to(models_dir).parts[0] != ".locks")

@@ -51,7 +51,7 @@ def server_process(home: Path, records: Iterable[ModelRecord] = ()) -> Iterator[
     for record in records:
         registry.add(record)
     registry.close()
-    key, _ = KeyStore(paths).create("e2e")
+    key, _ = KeyStore(paths).create("e2e", scope="admin")
     port = free_port()
     log_path = home / "server.log"
     with log_path.open("w") as log:

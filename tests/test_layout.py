@@ -26,7 +26,8 @@ HEAVY = ("fastapi", "uvicorn", "llama_cpp", "huggingface_hub", "stable_diffusion
 LAYERS = {
     "runtime.errors": 0,
     "runtime.options": 1,
-    "runtime.config": 2, "runtime.spec": 2, "runtime.protocol": 2, "runtime.http": 2, "runtime.media": 2,
+    "runtime.config": 2, "runtime.spec": 2, "runtime.agents": 2, "runtime.protocol": 2, "runtime.http": 2,
+    "runtime.media": 2,
     "runtime.engines": 3, "runtime.store": 3,
     "runtime.scheduler": 4, "runtime.worker": 4,
     "runtime.server": 5,

@@ -11,7 +11,11 @@ from cli import output
 from cli.options import JsonOption
 from cli.output import say
 
-keys_app = typer.Typer(help="Create, list and revoke API keys for the server.", no_args_is_help=True)
+KEYS_HELP = """Create, list and revoke API keys for the server.
+
+An inference key serves the OpenAI routes (/v1-openai/..., their /v1 aliases) and lists models; an admin
+key (`keys create --admin`) also pulls, deletes, loads, unloads and configures models through /v1/models."""
+keys_app = typer.Typer(help=KEYS_HELP, no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -29,12 +33,17 @@ def _store() -> Any:
 def create(
     name: Annotated[str | None, typer.Option("--name", help="A name to revoke it by later.")] = None,
     expires: Annotated[float | None, typer.Option("--expires", help="Days until the key stops working.")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="An admin key, which also manages models.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Create a key and print it once."""
+    """Create a key and print it once. Keys are inference keys unless --admin.
+
+    With --json: {key, name, prefix, created, last_used, expires, scope}."""
+    from runtime.store.keys import ADMIN, INFERENCE
+
     store = _store()
     try:
-        key, record = store.create(name, expires)
+        key, record = store.create(name, expires, ADMIN if admin else INFERENCE)
     finally:
         store.close()
     if as_json:
@@ -42,7 +51,7 @@ def create(
         return
     say(key)
     output.err_console.print(
-        f"Key '{record.name}' created. Copy it now: it is not shown again. "
+        f"{record.scope.capitalize()} key '{record.name}' created. Copy it now: it is not shown again. "
         "Use it as `Authorization: Bearer <key>` or export STACKLET_API_KEY.",
         highlight=False,
     )
@@ -50,7 +59,9 @@ def create(
 
 @keys_app.command("list")
 def list_keys(as_json: JsonOption = False) -> None:
-    """List keys (names and prefixes; never the keys themselves)."""
+    """List keys (names, scopes and prefixes; never the keys themselves).
+
+    With --json: a list of {name, prefix, created, last_used, expires, scope}."""
     store = _store()
     try:
         records = store.list()
@@ -59,8 +70,9 @@ def list_keys(as_json: JsonOption = False) -> None:
     if as_json:
         output.print_json([r.to_dict() for r in records])
         return
-    rows = [[r.name, f"{r.prefix}...", _when(r.created), _when(r.last_used), _when(r.expires)] for r in records]
-    output.table(["name", "prefix", "created", "last used", "expires"], rows)
+    rows = [[r.name, r.scope, f"{r.prefix}...", _when(r.created), _when(r.last_used), _when(r.expires)]
+            for r in records]
+    output.table(["name", "scope", "prefix", "created", "last used", "expires"], rows)
 
 
 @keys_app.command("revoke")

@@ -24,8 +24,10 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
-    port: int = typer.Option(8080, "--port", help="Port to bind."),
+    host: str | None = typer.Option(None, "--host", help="Address to bind. Default: STACKLET_HOST, the config "
+                                    "file's host, else 127.0.0.1."),
+    port: int | None = typer.Option(None, "--port", help="Port to bind. Default: STACKLET_PORT, the config "
+                                    "file's port, else 8080."),
     detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background (logs: `stacklet logs`)."),
     no_auth: bool = typer.Option(False, "--no-auth", help="Accept requests without an API key (loopback only)."),
     keep_alive: str | None = typer.Option(None, "--keep-alive", help="How long an idle model stays loaded: seconds or "
@@ -173,7 +175,7 @@ def start_background(overrides: dict[str, Any]) -> None:
     import subprocess
     import sys
 
-    from runtime.config import Settings
+    from runtime.config import Settings, open_private
     from runtime.server import state
 
     settings = Settings.load(overrides)
@@ -184,7 +186,7 @@ def start_background(overrides: dict[str, Any]) -> None:
         return
     check_port_free(settings.host, settings.port)
     log_path = paths.logs / LOG_FILE
-    with log_path.open("ab") as log:
+    with open_private(log_path) as log:
         start = log.tell()
         process = subprocess.Popen([sys.executable, "-m", "runtime", *server_args(overrides)],
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

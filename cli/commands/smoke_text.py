@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -19,6 +20,10 @@ WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather for a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24}},
                    "required": ["city"]}}}
+PHONE = r"[0-9]{3}-[0-9]{4}"
+DIAL_TOOL = {"type": "custom", "custom": {  # a custom tool whose input must match a regex
+    "name": "dial", "description": "Dial a phone number.",
+    "format": {"type": "grammar", "grammar": {"syntax": "regex", "definition": PHONE}}}}
 
 
 def register(test_app: typer.Typer) -> None:
@@ -29,7 +34,8 @@ def register(test_app: typer.Typer) -> None:
 
 def test_chat(model: str = typer.Argument(..., help="Chat model to test."), base_url: BaseUrlOption = None,
               api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
-    """Chat completions: plain, streamed with usage, a forced tool call and a JSON schema answer."""
+    """Chat completions: plain, streamed with usage, a forced tool call, a custom tool with a grammar and a
+    JSON schema answer."""
     client = openai_client(base_url, api_key)
     report = Report(f"chat: {model}")
     with report.check("chat") as check:
@@ -53,6 +59,14 @@ def test_chat(model: str = typer.Argument(..., help="Chat model to test."), base
         _expect(bool(calls) and calls[0].function.name == "get_weather", "no get_weather call")
         _expect("city" in json.loads(calls[0].function.arguments), "arguments lack 'city'")
         check.detail = calls[0].function.arguments
+    with report.check("custom tool (grammar)") as check:
+        result = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Call Bob at 555-1234."}], tools=[DIAL_TOOL],
+            tool_choice={"type": "custom", "custom": {"name": "dial"}}, max_tokens=24)
+        custom = result.choices[0].message.tool_calls or []
+        _expect(bool(custom) and custom[0].type == "custom" and custom[0].custom.name == "dial", "no custom dial call")
+        _expect(re.fullmatch(PHONE, custom[0].custom.input) is not None, "the input does not match the tool's regex")
+        check.detail = custom[0].custom.input
     with report.check("json_schema answer") as check:
         schema = {"type": "object", "properties": {"colour": {"type": "string", "maxLength": 16}},
                   "required": ["colour"], "additionalProperties": False}

@@ -60,6 +60,7 @@ class TextDelta:
     text: str
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" or "length"
+    stop_sequence: str | None = None  # the stop string that ended the choice, when one did
 
 
 @dataclass

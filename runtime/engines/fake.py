@@ -277,7 +277,8 @@ class FakeEngine:
     def _emit(self, request: _Request, choice: _Choice, text: str, finish_reason: str | None = None) -> None:
         if not text and finish_reason is None:
             return  # the stop scanner holds it; its logprobs go out with the text
-        request.events.put(TextDelta(choice.index, text, choice.held_logprobs, finish_reason))
+        matched = choice.stops.matched if finish_reason else None
+        request.events.put(TextDelta(choice.index, text, choice.held_logprobs, finish_reason, matched))
         choice.held_logprobs = []
 
     def infill(self, prefix: str, suffix: str) -> list[int]:

@@ -87,6 +87,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, StackletError):  # FastAPI wraps what a body parser raises (jsonbody.py)
+            return error_response(exc.__cause__)
         if exc.status_code in (404, 405):
             message = f"Invalid URL ({request.method} {request.url.path})"
             body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}

@@ -11,6 +11,8 @@ import secrets
 import time
 from pathlib import Path
 
+from runtime.config import open_private, private_dir
+
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 # Names are ours: a random token and a known extension. Anything else (paths, dots) is refused.
 _NAME = re.compile(r"^[A-Za-z0-9_-]{20,64}\.(png|jpeg|webp)$")
@@ -24,10 +26,11 @@ class ImageFiles:
     def save(self, data: bytes, extension: str) -> str:
         """Store one image under an unguessable name and return that name."""
         self.sweep()
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
         name = f"{secrets.token_urlsafe(24)}.{extension}"
         partial = self.root / (name + ".partial")
-        partial.write_bytes(data)
+        with open_private(partial, "wb") as out:
+            out.write(data)
         partial.replace(self.root / name)
         return name
 

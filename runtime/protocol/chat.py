@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 
 from runtime.errors import InvalidRequestError
 from runtime.protocol.common import OpenAIRequest
@@ -68,11 +68,31 @@ class ToolCall(Loose):
     function: FunctionCall
 
 
+class CustomCall(Loose):
+    name: str
+    input: str
+
+
+class CustomToolCall(Loose):
+    id: str
+    type: Literal["custom"]
+    custom: CustomCall
+
+
+def _call_type(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return kind or "function"  # clients that leave out `type` mean a function
+
+
+AnyToolCall = Annotated[Annotated[ToolCall, Tag("function")] | Annotated[CustomToolCall, Tag("custom")],
+                        Discriminator(_call_type)]
+
+
 class ChatMessage(Loose):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: list[AnyToolCall] | None = None
     tool_call_id: str | None = None
     refusal: str | None = None
     function_call: dict[str, Any] | None = None
@@ -91,6 +111,39 @@ class Tool(Loose):
     function: FunctionDefinition
 
 
+class GrammarDefinition(Loose):
+    syntax: Literal["lark", "regex"]
+    definition: str
+
+
+class TextInput(Loose):
+    type: Literal["text"]
+
+
+class GrammarInput(Loose):
+    type: Literal["grammar"]
+    grammar: GrammarDefinition
+
+
+class CustomDefinition(Loose):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    format: Annotated[TextInput | GrammarInput, Field(discriminator="type")] | None = None
+
+
+class CustomTool(Loose):
+    type: Literal["custom"]
+    custom: CustomDefinition
+
+    def grammar(self) -> tuple[str, str] | None:
+        """(syntax, definition) of a grammar-format tool; None for free text."""
+        fmt = self.custom.format
+        return (fmt.grammar.syntax, fmt.grammar.definition) if isinstance(fmt, GrammarInput) else None
+
+
+AnyTool = Annotated[Tool | CustomTool, Field(discriminator="type")]
+
+
 class NamedFunction(Loose):
     name: str
 
@@ -98,6 +151,34 @@ class NamedFunction(Loose):
 class NamedToolChoice(Loose):
     type: Literal["function"]
     function: NamedFunction
+
+
+class NamedCustomToolChoice(Loose):
+    type: Literal["custom"]
+    custom: NamedFunction
+
+
+class AllowedTool(Loose):
+    type: Literal["function", "custom"]
+    function: NamedFunction | None = None
+    custom: NamedFunction | None = None
+
+    def name(self) -> str | None:
+        named = self.function if self.type == "function" else self.custom
+        return named.name if named is not None else None
+
+
+class AllowedTools(Loose):
+    mode: Literal["auto", "required"]
+    tools: Annotated[list[AllowedTool], Field(min_length=1)]
+
+
+class AllowedToolsChoice(Loose):
+    type: Literal["allowed_tools"]
+    allowed_tools: AllowedTools
+
+
+ToolChoice = Annotated[NamedToolChoice | NamedCustomToolChoice | AllowedToolsChoice, Field(discriminator="type")]
 
 
 class StreamOptions(Loose):
@@ -146,8 +227,8 @@ class CreateChatCompletionRequest(OpenAIRequest):
     presence_penalty: Penalty = None
     seed: int | None = None
     response_format: ResponseFormat | None = None
-    tools: list[Tool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tools: list[AnyTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     functions: list[FunctionDefinition] | None = None
     function_call: Literal["none", "auto"] | NamedFunction | None = None
@@ -184,34 +265,76 @@ class CreateChatCompletionRequest(OpenAIRequest):
                                           param=f"messages[{i}].tool_call_id", code="missing_required_parameter")
 
     def _check_tool_choice(self) -> None:
-        tools = self.function_tools()
-        choice = self.effective_tool_choice()
+        names = [tool_name(t) for t in self.all_tools()]
+        for name in names:
+            if names.count(name) > 1:
+                raise InvalidRequestError(f"Invalid value for 'tools': the name '{name}' is used by more than one "
+                                          "tool. Give each tool its own name.", param="tools")
         if self.tool_choice is not None and not self.tools:
             raise InvalidRequestError("Invalid value for 'tool_choice': 'tool_choice' is only allowed when "
                                       "'tools' are specified.", param="tool_choice")
-        if choice not in ("none", "auto", "required") and choice not in {t.function.name for t in tools}:
-            raise InvalidRequestError(f"Invalid value for 'tool_choice': no function named '{choice}' was "
-                                      "specified in the 'tools' parameter.", param="tool_choice")
+        choice = self.tool_choice if self.tool_choice is not None else self.function_call
+        if isinstance(choice, NamedToolChoice | NamedFunction):
+            self._check_named("function", choice.name if isinstance(choice, NamedFunction) else choice.function.name,
+                              "tool_choice")
+        elif isinstance(choice, NamedCustomToolChoice):
+            self._check_named("custom", choice.custom.name, "tool_choice")
+        elif isinstance(choice, AllowedToolsChoice):
+            for i, allowed in enumerate(choice.allowed_tools.tools):
+                where = f"tool_choice.allowed_tools.tools[{i}]"
+                name = allowed.name()
+                if name is None:
+                    raise InvalidRequestError(f"Missing required parameter: '{where}.{allowed.type}'.",
+                                              param=f"{where}.{allowed.type}", code="missing_required_parameter")
+                self._check_named(allowed.type, name, where)
 
-    def function_tools(self) -> list[Tool]:
+    def _check_named(self, kind: str, name: str, param: str) -> None:
+        if not any(t.type == kind and tool_name(t) == name for t in self.all_tools()):
+            noun = "function" if kind == "function" else "custom tool"
+            raise InvalidRequestError(f"Invalid value for '{param}': no {noun} named '{name}' was specified in the "
+                                      "'tools' parameter.", param=param)
+
+    def all_tools(self) -> list[Tool | CustomTool]:
         """`tools`, or the deprecated `functions` as tools."""
         if self.tools:
             return self.tools
         return [Tool(type="function", function=f) for f in self.functions or []]
 
+    def function_tools(self) -> list[Tool]:
+        return [t for t in self.all_tools() if isinstance(t, Tool)]
+
+    def custom_tools(self) -> list[CustomTool]:
+        return [t for t in self.all_tools() if isinstance(t, CustomTool)]
+
+    def callable_tools(self) -> list[Tool | CustomTool]:
+        """The tools the model may call: all of them, or those `allowed_tools` lists."""
+        choice = self.tool_choice
+        if not isinstance(choice, AllowedToolsChoice):
+            return self.all_tools()
+        allowed = {(a.type, a.name()) for a in choice.allowed_tools.tools}
+        return [t for t in self.all_tools() if (t.type, tool_name(t)) in allowed]
+
     def effective_tool_choice(self) -> str:
-        """"none", "auto", "required", or the name of the function the model must call."""
+        """"none", "auto", "required", or the name of the tool (function or custom) the model must call."""
         choice = self.tool_choice if self.tool_choice is not None else self.function_call
         if choice is None:
-            return "auto" if self.function_tools() else "none"
+            return "auto" if self.all_tools() else "none"
         if isinstance(choice, NamedToolChoice):
             return choice.function.name
+        if isinstance(choice, NamedCustomToolChoice):
+            return choice.custom.name
+        if isinstance(choice, AllowedToolsChoice):
+            return choice.allowed_tools.mode
         if isinstance(choice, NamedFunction):
             return choice.name
         return choice
 
     def max_output_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+def tool_name(tool: Tool | CustomTool) -> str:
+    return tool.function.name if isinstance(tool, Tool) else tool.custom.name
 
 
 def check_stream_options(stream: bool | None, stream_options: StreamOptions | None) -> None:
@@ -255,6 +378,10 @@ def token_logprob(token: str, logprob: float, token_bytes: list[int],
 
 def tool_call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def custom_tool_call(call_id: str, name: str, input_: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "custom", "custom": {"name": name, "input": input_}}
 
 
 def message(content: str | None, tool_calls: list[dict[str, Any]] | None = None,

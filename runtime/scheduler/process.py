@@ -36,7 +36,27 @@ def socket_dir(state: Path) -> Path:
         directory = Path(tempfile.gettempdir()) / f"stacklet-{digest}"
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)  # uvicorn makes each socket world-writable; the directory keeps them private
+    remove_stale(directory)
     return directory
+
+
+def remove_stale(directory: Path) -> None:
+    """Remove the sockets and spec files (w<server pid>-<n>.sock, .json) of servers that are gone: a server
+    killed with SIGKILL leaves them."""
+    for path in directory.glob("w*-*"):
+        pid = path.name[1:].partition("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class WorkerProcess:

@@ -21,9 +21,9 @@ from typing import Any
 
 from runtime.config import Settings
 from runtime.errors import QueueFullError, StackletError, WorkerError
-from runtime.options import EngineOptions, first_keep_alive, parse_keep_alive
+from runtime.options import EngineOptions, check_context_size, first_keep_alive, parse_keep_alive
 from runtime.scheduler.gate import Gate
-from runtime.scheduler.memory import default_budget, estimate
+from runtime.scheduler.memory import check_budget, default_budget, estimate
 from runtime.scheduler.process import WorkerProcess, socket_dir
 from runtime.spec import KINDS, ModelSpec, WorkerLimits
 from runtime.store.registry import ModelRecord, Registry
@@ -159,7 +159,9 @@ class Scheduler:
 
     async def load(self, model: str, options: EngineOptions | dict[str, Any] | None = None,
                    keep_alive: Any = None) -> dict[str, Any]:
-        """Load (or reload with different options) and return the worker's status."""
+        """Load (or reload with different options) and return the worker's status. Options the model or the
+        memory budget cannot take are refused before anything changes; a load that fails leaves the model
+        with the options it had (unloaded when a reload stopped its worker first)."""
         record = self.registry.get(model)
         if isinstance(options, dict):
             options = EngineOptions.from_dict(options)
@@ -169,21 +171,31 @@ class Scheduler:
             with contextlib.suppress(StackletError):
                 await asyncio.shield(slot.loading)
         wanted = self.spec_for(record, options).options
+        self._admit(record, wanted)
+        before = (slot.load_options, slot.load_keep_alive)
         if slot.worker is not None and slot.worker.spec.options != wanted:
             log.info("reloading %s with new options", record.name)
             await self._stop(slot)
         slot.load_options = options
         if keep is not None:
             slot.load_keep_alive = keep
-        await self.ready_worker(slot)
+        try:
+            await self.ready_worker(slot)
+        except Exception:  # not on cancellation: the shared load goes on, with these options
+            if slot.worker is None:  # what later requests load with: the options it had, without a backoff
+                slot.load_options, slot.load_keep_alive = before
+                slot.failures, slot.retry_at = 0, 0.0
+            raise
         self.touch(slot, None)
         return self._describe(slot)
 
     async def unload(self, model: str) -> bool:
-        """Stop the model's worker; False when it was not loaded."""
+        """Stop the model's worker and forget its per-load options; False when it was not loaded."""
         record = self.registry.get(model)
         slot = self._slots.get(record.name)
         if slot is None or slot.worker is None:
+            if slot is not None and slot.loading is None:
+                slot.load_options = slot.load_keep_alive = None
             return False
         await self._stop(slot)
         return True
@@ -227,7 +239,7 @@ class Scheduler:
         async with self._load_lock:
             record = self.registry.get(slot.name)
             spec = self.spec_for(record, slot.load_options)
-            memory = estimate(record.kind, record.size, record.metadata, spec.options)
+            memory = self._admit(record, spec.options)
             await self._make_room(slot, memory)
             worker = self._start_worker(spec, self._socket_dir / f"w{os.getpid()}-{next(self._sockets)}.sock")
             slot.worker, slot.state, slot.memory = worker, "loading", memory
@@ -249,6 +261,14 @@ class Scheduler:
         log.info("loaded %s (worker pid %s)", slot.name, worker.pid)
         return worker
 
+    def _admit(self, record: ModelRecord, options: EngineOptions) -> int:
+        """The memory a load with `options` takes; InvalidRequestError (400) saying why when the model's training
+        context or the memory budget cannot take them."""
+        check_context_size(options, record.metadata.get("context_length"))
+        need = estimate(record.kind, record.size, record.metadata, options)
+        check_budget(record.name, need, self.budget, record.size, options, record.metadata)
+        return need
+
     async def _make_room(self, slot: Slot, need: int) -> None:
         """Evict idle models, least recently used first, until `need` fits; wait while all are busy."""
         while True:
@@ -256,9 +276,6 @@ class Scheduler:
             limit = self.settings.max_loaded_models
             fits = (not limit or len(others) < limit) and sum(s.memory for s in others) + need <= self.budget
             if fits or not others:
-                if need > self.budget:
-                    log.warning("%s needs about %d MiB, over the memory budget of %d MiB; loading anyway",
-                                slot.name, need >> 20, self.budget >> 20)
                 return
             idle = [s for s in others if s.idle and s.state == "ready"]
             if idle:

@@ -46,6 +46,9 @@ class Metrics:
                          ((_labels(model=w["model"]), w.get("queue_depth", 0)) for w in workers))
         lines += _family("stacklet_models_loaded", "gauge", "Models with a running worker.",
                          [("", len(workers))])
+        crashes = sorted(scheduler_metrics.get("crashes", {}).items())
+        lines += _family("stacklet_worker_crashes_total", "counter", "Workers that exited unexpectedly, by model.",
+                         ((_labels(model=model), n) for model, n in crashes))
         for key, help_text in ENGINE_GAUGES.items():
             lines += _family(f"stacklet_{key}", "gauge", help_text,
                              ((_labels(model=w["model"]), w["engine"][key]) for w in workers

@@ -1,34 +1,57 @@
 """The only importer of huggingface_hub: list a repo's files and download blobs into the HF cache layout.
 
-Downloads go to `blobs/<etag>.incomplete`, a fixed name that survives Ctrl-C so the next pull resumes
-with a Range request (huggingface_hub's own `hf_hub_download` deletes its partial files on failure).
-A blob is renamed into place only after its checksum matched the hub's metadata, so a corrupt
-download never enters the cache.
+Downloads go to `blobs/<hash>.incomplete`, a fixed name that survives Ctrl-C (and a stopped server) so the
+next pull resumes with a Range request (huggingface_hub's own `hf_hub_download` deletes its partial files on
+failure). A blob is renamed into place only after its checksum matched the hub's metadata, so a corrupt
+download never enters the cache. Whatever the hub (or a mirror) answers is checked before it names a path:
+file names are plain relative paths, commits are 40 hex digits, blobs are named by their hash.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from runtime.errors import (
     ChecksumMismatchError,
     FileNotInRepoError,
     GatedRepoError,
+    HubResponseError,
     HubUnreachableError,
+    InsufficientStorageError,
+    PullCancelledError,
     RepoNotFoundError,
     StoreError,
 )
 from runtime.store import layout
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+DOWNLOAD_TIMEOUT_S = 10  # per read, as huggingface_hub's HF_HUB_DOWNLOAD_TIMEOUT
+RETRIES = 5  # dropped connections in a row without progress before a download gives up
+CANCEL_POLL_S = 0.1
+MAX_FILE_BYTES = 1 << 50
+CANCELLED_MESSAGE = ("The pull stopped early: its client went away or the server is stopping. "
+                     "The partial download is kept: pull again to resume.")
+
+Cancelled = Callable[[], bool]
+
+
+def never() -> bool:
+    return False
+
+
+def raise_if_cancelled(cancelled: Cancelled) -> None:
+    if cancelled():
+        raise PullCancelledError(CANCELLED_MESSAGE)
 
 
 @dataclass(frozen=True)
@@ -66,51 +89,70 @@ class Hub:
                 retry_after=30,
             )
         with self._errors(repo, revision):
-            info = HfApi(endpoint=self.endpoint).model_info(
-                repo, revision=revision, files_metadata=True, token=self.token
-            )
-        files = {
-            s.rfilename: RemoteFile(s.rfilename, s.lfs.size if s.lfs else s.size or 0,
-                                    s.lfs.sha256 if s.lfs else None, s.blob_id)
-            for s in info.siblings or []
-        }
-        return RepoListing(repo, revision, info.sha or revision, files)
+            try:
+                info = HfApi(endpoint=self.endpoint).model_info(
+                    repo, revision=revision, files_metadata=True, token=self.token
+                )
+            except (KeyError, TypeError, ValueError, AttributeError):  # not JSON, or not the shape of repo info
+                raise self._bad_answer(repo, "repo info", "(unreadable)") from None
+        if not isinstance(info.sha, str) or not layout.COMMIT.fullmatch(info.sha):
+            raise self._bad_answer(repo, "commit", info.sha)
+        files = [self._remote_file(repo, s) for s in info.siblings or []]
+        return RepoListing(repo, revision, info.sha, {f.path: f for f in files})
 
-    def download(self, listing: RepoListing, file: RemoteFile, on_bytes: Callable[[int], None]) -> Path:
+    def download(self, listing: RepoListing, file: RemoteFile, on_bytes: Callable[[int], None],
+                 cancelled: Cancelled = never) -> Path:
         """Fetch one file into the cache (resuming a partial) and return its snapshot path."""
         from huggingface_hub import hf_hub_url
-        from huggingface_hub.file_download import get_hf_file_metadata, http_get
+        from huggingface_hub.file_download import get_hf_file_metadata
         from huggingface_hub.utils import WeakFileLock, build_hf_headers
 
         repo_dir = layout.repo_dir(self.models_dir, listing.repo)
         url = hf_hub_url(listing.repo, file.path, revision=listing.commit, endpoint=self.endpoint)
         with self._errors(listing.repo, listing.revision, file.path):
             meta = get_hf_file_metadata(url, token=self.token, endpoint=self.endpoint)
-        etag = meta.etag or file.sha256 or file.blob_id
-        if not etag:
-            raise StoreError(f"The hub sent no ETag for {file.path}; cannot cache it safely.")
-        blob = repo_dir / "blobs" / etag
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        with WeakFileLock(str(self.models_dir / ".locks" / repo_dir.name / f"{etag}.lock")):
+        if meta.size is not None and file.size and meta.size != file.size:
+            raise self._bad_answer(listing.repo, f"size for {file.path}", meta.size)
+        size = file.size if meta.size is None else meta.size
+        name = file.sha256 or file.blob_id or meta.etag or ""
+        if not (layout.COMMIT.fullmatch(name) or layout.SHA256.fullmatch(name)):
+            raise self._bad_answer(listing.repo, f"ETag for {file.path}", meta.etag)
+        blob = layout.blob_path(repo_dir, name)
+        with WeakFileLock(str(self.models_dir / ".locks" / repo_dir.name / f"{name}.lock")):
             if not blob.exists():
-                partial = blob.with_name(etag + ".incomplete")
+                partial = blob.with_name(name + ".incomplete")
                 # The token goes to the hub only, never to the CDN a large file redirects to.
                 same_host = urlsplit(meta.location).netloc == urlsplit(url).netloc
                 headers = build_hf_headers(token=self.token if same_host else False)
-                with self._errors(listing.repo, listing.revision, file.path), partial.open("ab") as out:
-                    if out.tell() > file.size:  # a stale partial of a different file version
-                        out.truncate(0)
-                    resume = out.tell()
-                    if resume:
-                        on_bytes(resume)
-                    http_get(meta.location, out, resume_size=resume, headers=headers,
-                             expected_size=meta.size or file.size,
-                             tqdm_class=functools.partial(_ByteCounter, on_bytes))  # type: ignore[arg-type]
+                with self._errors(listing.repo, listing.revision, file.path), _dropped_when_unusable(partial, file):
+                    _fetch(meta.location, partial, size, headers, on_bytes, cancelled, file.path)
                 _verify(partial, file)
                 partial.replace(blob)
-        link = layout.link_snapshot(repo_dir, listing.commit, file.path, blob)
-        layout.write_ref(repo_dir, listing.revision, listing.commit)
-        return link
+        return layout.link_snapshot(repo_dir, listing.commit, file.path, blob)
+
+    def _remote_file(self, repo: str, sibling: Any) -> RemoteFile:
+        """One file of the listing, refused when the hub's name, size or hashes cannot be right."""
+        path = sibling.rfilename
+        if not layout.is_relative_name(path):
+            raise self._bad_answer(repo, "file name", path)
+        lfs = sibling.lfs
+        size = lfs.size if lfs else sibling.size or 0
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_FILE_BYTES:
+            raise self._bad_answer(repo, f"size for {path}", size)
+        sha256 = lfs.sha256 if lfs else None
+        if sha256 is not None and not (isinstance(sha256, str) and layout.SHA256.fullmatch(sha256)):
+            raise self._bad_answer(repo, f"sha256 for {path}", sha256)
+        blob_id = sibling.blob_id
+        if blob_id is not None and not (isinstance(blob_id, str) and layout.COMMIT.fullmatch(blob_id)):
+            raise self._bad_answer(repo, f"blob id for {path}", blob_id)
+        return RemoteFile(path, size, sha256, blob_id)
+
+    def _bad_answer(self, repo: str, what: str, value: object) -> HubResponseError:
+        shown = value[:80] if isinstance(value, str) else value
+        return HubResponseError(
+            f"{self.endpoint} sent an invalid {what} for {repo}: {repr(shown)[:100]}. Nothing was stored; "
+            "if HF_ENDPOINT points at a mirror, check it."
+        )
 
     @contextmanager
     def _errors(self, repo: str, revision: str, path: str | None = None) -> Iterator[None]:
@@ -141,7 +183,7 @@ class Hub:
                 "to a mirror, or import a local file with `stacklet pull PATH`.",
                 retry_after=30,
             ) from None
-        except OSError as exc:  # disk full, or a size check failing after the retries
+        except OSError as exc:  # a file the download could not write (disk full is mapped where it happens)
             first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise StoreError(f"Download of {path or repo} failed: {first_line}. Pull again to resume.") from None
 
@@ -155,20 +197,119 @@ def _http_error(exc: Any, repo: str, endpoint: str) -> Exception:
     return StoreError(f"{endpoint} answered HTTP {status} for {repo}.")
 
 
-class _ByteCounter:
-    """Stands in for tqdm inside huggingface_hub's http_get: forwards byte counts to a callback."""
+@contextmanager
+def _dropped_when_unusable(partial: Path, file: RemoteFile) -> Iterator[None]:
+    """A partial that can never complete goes: one the hub overfilled, or one the full disk cut short
+    (it would hold the space the user has to free). Every other failure keeps it for the next pull."""
+    try:
+        yield
+    except HubResponseError:
+        partial.unlink(missing_ok=True)
+        raise
+    except OSError as exc:
+        if not layout.disk_full(exc):
+            raise
+        partial.unlink(missing_ok=True)
+        raise InsufficientStorageError(
+            f"The disk is full: {file.path} ({file.size / 1e9:.1f} GB) did not fit. Free some space, then pull "
+            "again."
+        ) from None
 
-    def __init__(self, on_bytes: Callable[[int], None], **_: Any) -> None:
-        self.on_bytes = on_bytes
 
-    def __enter__(self) -> _ByteCounter:
-        return self
+def _fetch(url: str, partial: Path, size: int, headers: dict[str, str], on_bytes: Callable[[int], None],
+           cancelled: Cancelled, file_name: str) -> None:
+    """GET `url` into `partial` (resuming what it holds) until it has `size` bytes. A dropped connection
+    resumes where it stopped; RETRIES drops in a row without progress and the error stands."""
+    import httpx2
 
-    def __exit__(self, *_: object) -> None:
-        return None
+    _check_space(partial, size, file_name)
+    with partial.open("ab") as out:
+        if out.tell() > size:  # a stale partial of a different file version
+            out.truncate(0)
+        if out.tell():
+            on_bytes(out.tell())
+        failures = 0
+        while out.tell() < size:
+            start, error = out.tell(), None
+            try:
+                _get(url, out, size, headers, on_bytes, cancelled)
+            except httpx2.TransportError as exc:
+                if cancelled():
+                    raise PullCancelledError(CANCELLED_MESSAGE) from None
+                error = exc
+            failures = 0 if out.tell() > start else failures + 1
+            if failures > RETRIES:
+                if error is not None:
+                    raise error
+                raise HubResponseError(f"{urlsplit(url).netloc} stopped sending at {start} of {size} bytes.")
+            if out.tell() < size:
+                _pause(1.0, cancelled)
 
-    def update(self, count: int) -> None:
-        self.on_bytes(count)
+
+def _get(url: str, out: BinaryIO, size: int, headers: dict[str, str], on_bytes: Callable[[int], None],
+         cancelled: Cancelled) -> None:
+    from huggingface_hub.utils import get_session, hf_raise_for_status
+
+    have = out.tell()
+    if have:
+        headers = {**headers, "Range": f"bytes={have}-"}
+    with get_session().stream("GET", url, headers=headers, timeout=DOWNLOAD_TIMEOUT_S,
+                              follow_redirects=True) as response:
+        hf_raise_for_status(response)
+        if have and response.status_code != 206:  # the server ignored the range: start over
+            out.truncate(0)
+            on_bytes(-have)
+        with _interrupted_when(cancelled, response):
+            for chunk in response.iter_bytes():
+                raise_if_cancelled(cancelled)
+                if out.tell() + len(chunk) > size:
+                    raise HubResponseError(f"{urlsplit(url).netloc} sent more than the {size} bytes it announced. "
+                                           "The download was discarded.")
+                out.write(chunk)
+                on_bytes(len(chunk))
+
+
+@contextmanager
+def _interrupted_when(cancelled: Cancelled, response: Any) -> Iterator[None]:
+    """Shut the connection down as soon as the pull is cancelled, so a read blocked on a stalled hub returns
+    at once instead of after its timeout (and the retries after that)."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    finished = threading.Event()
+
+    def watch() -> None:
+        while not finished.wait(CANCEL_POLL_S):
+            if cancelled():
+                with suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's, also under TLS
+                return
+
+    if sock is not None and cancelled is not never:
+        threading.Thread(target=watch, name="pull-cancel", daemon=True).start()
+    try:
+        yield
+    finally:
+        finished.set()
+
+
+def _pause(seconds: float, cancelled: Cancelled) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        raise_if_cancelled(cancelled)
+        time.sleep(CANCEL_POLL_S)
+
+
+def _check_space(partial: Path, size: int, file_name: str) -> None:
+    """Refuse a download the disk cannot hold before it starts (the hub's size, less what the partial has)."""
+    import shutil
+
+    have = partial.stat().st_size if partial.exists() else 0
+    needed, free = size - have if have <= size else size, shutil.disk_usage(partial.parent).free
+    if needed > free:
+        raise InsufficientStorageError(
+            f"Not enough disk space for {file_name}: it needs {needed / 1e9:.1f} GB more, {free / 1e9:.1f} GB "
+            "are free. Free some space, then pull again."
+        )
 
 
 def _verify(path: Path, file: RemoteFile) -> None:

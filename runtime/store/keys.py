@@ -1,7 +1,8 @@
 """API keys: shown once, stored as sha256 hashes in the shared SQLite database.
 
-The CLI's own calls use an admin key that lives in a 0600 file in the data dir, so users never
-type a key for local work.
+A key has a scope: an inference key serves the OpenAI routes (and reads the model list), an admin
+key also manages models (pull, delete, load, unload, configure). The CLI's own calls use an admin key
+that lives in a 0600 file in the data dir, so users never type a key for local work.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ ADMIN_NAME = "admin"
 ADMIN_FILE = "admin.key"
 LAST_USED_RESOLUTION = 60  # seconds; avoids a database write on every request
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+INFERENCE = "inference"
+ADMIN = "admin"
+SCOPES = (INFERENCE, ADMIN)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -36,10 +40,14 @@ CREATE TABLE IF NOT EXISTS keys (
     hash TEXT NOT NULL,
     created INTEGER NOT NULL,
     last_used INTEGER,
-    expires INTEGER
+    expires INTEGER,
+    scope TEXT NOT NULL DEFAULT 'admin'
 );
 CREATE INDEX IF NOT EXISTS keys_prefix ON keys (prefix);
 """
+# Keys made before scopes existed could do everything: they stay admin keys, so no script breaks.
+_SCOPE_COLUMN = "ALTER TABLE keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'admin'"
+COLUMNS = "name, prefix, created, last_used, expires, scope"
 
 
 @dataclass
@@ -49,6 +57,7 @@ class ApiKey:
     created: int
     last_used: int | None = None
     expires: int | None = None
+    scope: str = INFERENCE
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,6 +71,13 @@ class KeyStore:
     def __init__(self, paths: Paths) -> None:
         self._conn = connect(paths.database)
         self._conn.executescript(_SCHEMA)
+        if not self._has_scopes():
+            with self.transaction():  # the CLI and the server may both open an older database at once
+                if not self._has_scopes():
+                    self._conn.execute(_SCOPE_COLUMN)
+
+    def _has_scopes(self) -> bool:
+        return "scope" in {row[1] for row in self._conn.execute("PRAGMA table_info(keys)")}
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -73,7 +89,8 @@ class KeyStore:
             raise
         self._conn.execute("COMMIT")
 
-    def create(self, name: str | None = None, expires_days: float | None = None) -> tuple[str, ApiKey]:
+    def create(self, name: str | None = None, expires_days: float | None = None,
+               scope: str = INFERENCE) -> tuple[str, ApiKey]:
         """A new key; the plain key is returned here and never again."""
         name = name or f"key-{secrets.token_hex(3)}"
         if not _NAME.match(name):
@@ -82,23 +99,23 @@ class KeyStore:
             )
         if expires_days is not None and expires_days <= 0:
             raise InvalidRequestError("--expires must be a positive number of days.", param="expires")
+        if scope not in SCOPES:
+            raise InvalidRequestError(f"Unknown key scope '{scope}': use {' or '.join(SCOPES)}.", param="scope")
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         now = int(time.time())
         expires = now + int(expires_days * 86400) if expires_days is not None else None
-        record = ApiKey(name, key[:DISPLAY_LENGTH], now, None, expires)
+        record = ApiKey(name, key[:DISPLAY_LENGTH], now, None, expires, scope)
         try:
             self._conn.execute(
-                "INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?)",
-                (name, record.prefix, _digest(key), now, None, expires),
+                f"INSERT INTO keys (hash, {COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (_digest(key), name, record.prefix, now, None, expires, scope),
             )
         except sqlite3.IntegrityError:
             raise ConflictError(f"A key named '{name}' already exists. Choose another --name.") from None
         return key, record
 
     def list(self) -> list[ApiKey]:
-        rows = self._conn.execute(
-            "SELECT name, prefix, created, last_used, expires FROM keys ORDER BY created, name"
-        ).fetchall()
+        rows = self._conn.execute(f"SELECT {COLUMNS} FROM keys ORDER BY created, name").fetchall()
         return [ApiKey(*row) for row in rows]
 
     def revoke(self, name: str) -> None:
@@ -109,7 +126,7 @@ class KeyStore:
         """The key's record if `key` is valid and unexpired, else None."""
         digest = _digest(key)
         rows = self._conn.execute(
-            "SELECT name, prefix, created, last_used, expires, hash FROM keys WHERE prefix = ?",
+            f"SELECT {COLUMNS}, hash FROM keys WHERE prefix = ?",
             (key[:DISPLAY_LENGTH],),
         ).fetchall()
         now = int(time.time())
@@ -138,11 +155,12 @@ def admin_key(paths: Paths) -> str:
     try:
         with store.transaction():  # serialises the CLI and the server creating it at once
             key = path.read_text().strip() if path.is_file() else ""
-            if key and store.verify(key):
+            record = store.verify(key) if key else None
+            if record is not None and record.scope == ADMIN:
                 return key
             with suppress(NotFoundError):
                 store.revoke(ADMIN_NAME)
-            key, _ = store.create(ADMIN_NAME)
+            key, _ = store.create(ADMIN_NAME, scope=ADMIN)
             _write_private(path, key)
             return key
     finally:

@@ -6,6 +6,7 @@ dedupe work the same way for every model, and huggingface_hub's cache tools can 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -13,7 +14,13 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+from runtime.errors import StoreError
+
 LOCAL_OWNER = "local"
+COMMIT = re.compile(r"[0-9a-f]{40}")  # a git commit or blob sha1
+SHA256 = re.compile(r"[0-9a-f]{64}")
+UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")  # control characters and lone surrogates
+_MAX_NAME = 1024
 
 
 def repo_dir(models_dir: Path, repo: str) -> Path:
@@ -33,8 +40,32 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def is_relative_name(path: object) -> bool:
+    """Whether `path` is a plain relative POSIX path: what a repo file or a ref may be called in the store.
+    No absolute paths, no `.` or `..` parts, no empty parts, no backslashes, no control characters."""
+    if not isinstance(path, str) or not 0 < len(path) <= _MAX_NAME or "\\" in path or UNSAFE_CHARS.search(path):
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
+
+
+def _checked(commit: str, path: str) -> None:
+    """The last guard before a write: names from outside (the hub, a client) never reach the disk unchecked."""
+    if not COMMIT.fullmatch(commit) or not is_relative_name(path):
+        raise StoreError(f"Refusing to write {path[:80]!r} at commit {commit[:80]!r}: the name leaves the store.")
+
+
+def blob_path(repo: Path, name: str) -> Path:
+    """`blobs/<name>` for a content hash (git sha1 or sha256), its folder created."""
+    if not (COMMIT.fullmatch(name) or SHA256.fullmatch(name)):
+        raise StoreError(f"Refusing the blob name {name[:80]!r}: blobs are named by their hash.")
+    blob = repo / "blobs" / name
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    return blob
+
+
 def link_snapshot(repo: Path, commit: str, path: str, blob: Path) -> Path:
     """Point `snapshots/<commit>/<path>` at the blob with a relative symlink (as huggingface_hub does)."""
+    _checked(commit, path)
     link = repo / "snapshots" / commit / path
     link.parent.mkdir(parents=True, exist_ok=True)
     target = os.path.relpath(blob, link.parent)
@@ -49,6 +80,7 @@ def link_snapshot(repo: Path, commit: str, path: str, blob: Path) -> Path:
 def write_ref(repo: Path, revision: str, commit: str) -> None:
     if revision == commit:
         return
+    _checked(commit, revision)
     ref = repo / "refs" / revision
     ref.parent.mkdir(parents=True, exist_ok=True)
     ref.write_text(commit)
@@ -56,18 +88,25 @@ def write_ref(repo: Path, revision: str, commit: str) -> None:
 
 def import_file(repo: Path, source: Path, sha256: str) -> Path:
     """Place a local file into `blobs/<sha256>`: a hard link on the same filesystem, else an atomic copy."""
-    blob = repo / "blobs" / sha256
+    blob = blob_path(repo, sha256)
     if blob.exists():
         return blob
-    blob.parent.mkdir(parents=True, exist_ok=True)
     partial = blob.with_name(sha256 + ".incomplete")
     partial.unlink(missing_ok=True)
     try:
-        os.link(source, partial)
-    except OSError:
-        shutil.copyfile(source, partial)
-    partial.replace(blob)
+        try:
+            os.link(source, partial)
+        except OSError:
+            shutil.copyfile(source, partial)
+        partial.replace(blob)
+    except BaseException:  # a half-written copy is never resumed: it goes
+        partial.unlink(missing_ok=True)
+        raise
     return blob
+
+
+def disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def local_commit(hashes: Iterable[str]) -> str:
@@ -97,6 +136,32 @@ def remove_files(models_dir: Path, removed: Iterable[str], still_used: Iterable[
             blob.unlink()
         _prune_empty(link.parent, models_dir)
     return freed
+
+
+def discard(models_dir: Path, repo: Path, placed: Iterable[Path], still_used: Iterable[str]) -> None:
+    """Undo a failed pull or import into `repo`: delete the snapshot links and blobs it placed that no
+    registered model uses (`still_used`, relative to `models_dir`), then the folders that leaves empty.
+    A resumable partial download stays."""
+    used = {models_dir / p for p in still_used}
+    used_blobs = {p.resolve() for p in used if p.exists()}
+    for path in placed:
+        target = path.resolve()
+        if path.is_symlink() and path not in used:
+            path.unlink()
+        if target.is_file() and target not in used_blobs and _inside(target, models_dir):
+            target.unlink()
+    _prune_repo(repo)
+
+
+def _prune_repo(repo: Path) -> None:
+    snapshots = repo / "snapshots"
+    for folder, _, _ in sorted(os.walk(snapshots), key=lambda entry: -len(entry[0])):
+        if not any(Path(folder).iterdir()):
+            Path(folder).rmdir()
+    blobs = repo / "blobs"
+    partials = blobs.is_dir() and any(b.name.endswith(".incomplete") for b in blobs.iterdir())
+    if repo.is_dir() and not snapshots.exists() and not partials:
+        shutil.rmtree(repo)  # its refs and any blob no snapshot links to
 
 
 def _inside(path: Path, root: Path) -> bool:

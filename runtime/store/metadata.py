@@ -19,6 +19,7 @@ EMBEDDING_ARCHES = {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jin
 DIFFUSION_ARCHES = {"sd1", "sd2", "sdxl", "sd3", "flux", "aura", "ltxv", "hyvid", "wan", "lumina2", "hidream",
                     "cosmos", "chroma", "qwen_image"}
 _POOLING = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+MAX_CONFIG_BYTES = 64 << 20  # JSON configs and safetensors headers (safetensors allows 100 MB; real ones are KBs)
 
 
 def describe(files: dict[str, list[Path]]) -> tuple[str, dict[str, Any]]:
@@ -55,18 +56,19 @@ def _describe_gguf(files: dict[str, list[Path]]) -> tuple[str, dict[str, Any]]:
 
 
 def gguf_metadata(header: GGUFHeader, path: Path) -> dict[str, Any]:
-    template = header.values.get("tokenizer.chat_template")
-    pooling = header.arch_value("pooling_type")
+    """The header's summary; a value of the wrong type (a string context length, a NaN) is left out."""
+    template = _text(header.values.get("tokenizer.chat_template"))
+    pooling = _count(header.arch_value("pooling_type"))
     return {
         "format": "gguf",
         "architecture": header.architecture,
-        "name": header.values.get("general.name"),
-        "size_label": header.values.get("general.size_label"),
+        "name": _text(header.values.get("general.name")),
+        "size_label": _text(header.values.get("general.size_label")),
         "parameters": header.parameter_count,
         "quantization": _file_type(header.values.get("general.file_type")) or quant_of(path.name),
-        "context_length": header.arch_value("context_length"),
-        "embedding_length": header.arch_value("embedding_length"),
-        "block_count": header.arch_value("block_count"),
+        "context_length": _count(header.arch_value("context_length")),
+        "embedding_length": _count(header.arch_value("embedding_length")),
+        "block_count": _count(header.arch_value("block_count")),
         **_attention(header),
         "pooling": _POOLING.get(pooling, str(pooling)) if pooling is not None else None,
         "has_chat_template": bool(template),
@@ -76,24 +78,33 @@ def gguf_metadata(header: GGUFHeader, path: Path) -> dict[str, Any]:
 
 def _attention(header: GGUFHeader) -> dict[str, Any]:
     """Head counts and sizes, for the KV-cache estimate: grouped-query attention caches fewer heads."""
-    heads = header.arch_value("attention.head_count")
-    embedding = header.arch_value("embedding_length")
+    heads = _count(header.arch_value("attention.head_count"))
+    embedding = _count(header.arch_value("embedding_length"))
     head_size = embedding // heads if heads and embedding else None
     return {
         "head_count": heads,
-        "head_count_kv": header.arch_value("attention.head_count_kv") or heads,
-        "key_length": header.arch_value("attention.key_length") or head_size,
-        "value_length": header.arch_value("attention.value_length") or head_size,
+        "head_count_kv": _count(header.arch_value("attention.head_count_kv")) or heads,
+        "key_length": _count(header.arch_value("attention.key_length")) or head_size,
+        "value_length": _count(header.arch_value("attention.value_length")) or head_size,
     }
 
 
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def _file_type(value: Any) -> str | None:
+    value = _count(value)
     if value is None:
         return None
     import gguf
 
     try:
-        name = gguf.LlamaFileType(int(value)).name
+        name = gguf.LlamaFileType(value).name
     except ValueError:
         return str(value)
     return name.removeprefix("MOSTLY_").removeprefix("ALL_")
@@ -113,30 +124,56 @@ def whisper_metadata(folder: Path) -> dict[str, Any]:
 def _vocabulary_size(folder: Path) -> int | None:
     for candidate in sorted(folder.glob("vocabulary*")):
         if candidate.suffix == ".json":
-            return len(json.loads(candidate.read_text(encoding="utf-8")))
-        return len(candidate.read_text(encoding="utf-8").splitlines())
+            vocabulary = read_json(candidate)
+            return len(vocabulary) if isinstance(vocabulary, (list, dict)) else None
+        return len(_read_text(candidate).splitlines())
     tokenizer = folder / "tokenizer.json"
     if tokenizer.is_file():
-        data = json.loads(tokenizer.read_text(encoding="utf-8"))
-        return len(data.get("model", {}).get("vocab", {})) + len(data.get("added_tokens", []))
+        data = _object(read_json(tokenizer))
+        added = data.get("added_tokens")
+        return len(_object(_object(data.get("model")).get("vocab"))) + (len(added) if isinstance(added, list) else 0)
     return None
 
 
 def piper_metadata(config: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"Cannot read the Piper voice config {config.name}: {exc}") from None
-    language = data.get("language") or {}
+    data = _object(read_json(config))
+    language, audio = _object(data.get("language")), _object(data.get("audio"))
+    speakers = data.get("num_speakers", 1)
     return {
         "format": "piper",
-        "language": language.get("code") or (data.get("espeak") or {}).get("voice"),
-        "sample_rate": (data.get("audio") or {}).get("sample_rate"),
-        "quality": (data.get("audio") or {}).get("quality"),
-        "speakers": data.get("num_speakers", 1),
-        "speaker_names": sorted(data.get("speaker_id_map") or {}),
-        "phoneme_type": data.get("phoneme_type"),
+        "language": _text(language.get("code")) or _text(_object(data.get("espeak")).get("voice")),
+        "sample_rate": _count(audio.get("sample_rate")),
+        "quality": _text(audio.get("quality")),
+        "speakers": speakers if _count(speakers) else 1,
+        "speaker_names": sorted(_object(data.get("speaker_id_map"))),
+        "phoneme_type": _text(data.get("phoneme_type")),
     }
+
+
+def read_json(path: Path) -> Any:
+    """A small JSON file from a model folder; anything else is one clear StoreError."""
+    try:
+        return json.loads(_read_text(path))
+    except (ValueError, RecursionError):
+        raise StoreError(f"{path.name} is not valid JSON. Check the file or download it again.") from None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise StoreError(f"Cannot read {path.name}: {exc.strerror or exc}.") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise StoreError(f"{path.name} is larger than {MAX_CONFIG_BYTES >> 20} MB; it is not a model config.")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise StoreError(f"{path.name} is not UTF-8 text. Check the file or download it again.") from None
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _image_metadata(files: dict[str, list[Path]]) -> dict[str, Any]:
@@ -158,9 +195,12 @@ def _tensor_names(path: Path) -> list[str]:
         with path.open("rb") as f:
             try:
                 (size,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(size))
-            except (struct.error, ValueError) as exc:
-                raise StoreError(f"{path.name} is not a valid safetensors file ({exc}).") from None
+                header = json.loads(f.read(size)) if size <= MAX_CONFIG_BYTES else None
+            except (struct.error, ValueError, RecursionError):
+                header = None
+        if not isinstance(header, dict):
+            raise StoreError(f"{path.name} is not a valid safetensors file: its header is damaged. "
+                             "Check the file or download it again.")
         return [n for n in header if n != "__metadata__"]
     return []  # .ckpt is a pickle: not opened without torch
 

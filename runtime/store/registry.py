@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from runtime.config import Paths
-from runtime.errors import ConflictError, ModelNotFoundError
-from runtime.options import EngineOptions, parse_keep_alive
+from runtime.config import Paths, private_dir, private_file
+from runtime.errors import ConflictError, InsufficientStorageError, InvalidRequestError, ModelNotFoundError
+from runtime.options import EngineOptions, check_context_size, parse_keep_alive
 from runtime.spec import KINDS, ModelSpec
+
+# Names travel in URL paths (/v1/models/NAME/load) that clients normalise: no '/', no '..', ASCII only.
+MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}"
+_MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
+
+
+def check_name(name: str) -> str:
+    """`name` when it can name a model, else InvalidRequestError with the allowed pattern."""
+    if not _MODEL_NAME.fullmatch(name) or ".." in name:
+        raise InvalidRequestError(
+            f"Invalid model name {name[:64]!r}: use 1 to 128 ASCII letters, digits and . _ - : +, starting with "
+            f"a letter or digit, without '..' (pattern {MODEL_NAME_PATTERN}). Choose one with --name.",
+            param="name",
+        )
+    return name
 
 
 @dataclass
@@ -59,7 +75,9 @@ class ModelRecord:
         keep_alive = None if keep_alive is None else parse_keep_alive(keep_alive)
         changes = EngineOptions.from_dict(patch)  # validates every name, including the ones being cleared
         cleared = {name: None for name, value in patch.items() if value is None}
-        self.options = replace(self.options.merge(changes), **cleared)
+        options = replace(self.options.merge(changes), **cleared)
+        check_context_size(options, self.metadata.get("context_length"))
+        self.options = options
         self.keep_alive = keep_alive
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,12 +115,35 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """A connection to the shared database: WAL so readers never block the writer."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """A connection to the shared database: WAL so readers never block the writer; private to its owner
+    (SQLite gives its -wal and -shm files the database file's mode)."""
+    private_dir(path.parent)
+    private_file(path)
+    for companion in ("-wal", "-shm"):  # an older install's, made before the database was private
+        with suppress(FileNotFoundError):
+            path.with_name(path.name + companion).chmod(0o600)
     conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA busy_timeout=10000")
     return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; a full disk is InsufficientStorageError."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        if conn.in_transaction:  # SQLite has rolled back already after some errors (a full disk)
+            conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.OperationalError) and "database or disk is full" in str(exc):
+            raise InsufficientStorageError(
+                "The disk is full: the database could not be written, nothing was changed. Free some space, "
+                "then try again."
+            ) from None
+        raise
 
 
 class Registry:
@@ -112,15 +153,8 @@ class Registry:
         self._conn.executescript(_SCHEMA)
         _add_missing_columns(self._conn)
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._conn)
 
     def list(self) -> list[ModelRecord]:
         rows = self._conn.execute(f"SELECT {COLUMNS} FROM models ORDER BY name").fetchall()
@@ -137,6 +171,7 @@ class Registry:
         return record
 
     def add(self, record: ModelRecord, *, replace: bool = False) -> None:
+        check_name(record.name)
         verb = "INSERT OR REPLACE" if replace else "INSERT"
         try:
             with self._transaction() as conn:
@@ -188,7 +223,7 @@ def _record(row: tuple[Any, ...]) -> ModelRecord:
         source=json.loads(source),
         files=[ModelFile(**f) for f in json.loads(files)],
         metadata=json.loads(metadata),
-        options=EngineOptions.from_dict(json.loads(options)),
+        options=EngineOptions.from_stored(json.loads(options)),
         keep_alive=keep_alive,
         created=created,
     )

@@ -11,7 +11,9 @@ on the management API's streamed pull):
     {"event": "verified", "file", "sha256"}
     {"event": "registered", "model", "kind", "size", "files"}
 
-Nothing is registered until every file is in the store and verified.
+Nothing is registered until every file is in the store and verified, and a pull that fails leaves
+nothing behind: what it placed in the store goes again, except what a rerun resumes after an
+interruption (Ctrl-C, a stopped server, a hub out of reach): the partial download and the files done.
 """
 
 from __future__ import annotations
@@ -19,21 +21,31 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runtime.config import Paths
-from runtime.errors import ConflictError, InvalidRequestError, StoreError
+from runtime.errors import (
+    ConflictError,
+    InsufficientStorageError,
+    InvalidRequestError,
+    ServiceUnavailableError,
+    StoreError,
+)
 from runtime.spec import KINDS
 from runtime.store import layout, selection
+from runtime.store.hub import Cancelled, never, raise_if_cancelled
 from runtime.store.metadata import describe
-from runtime.store.registry import ModelFile, ModelRecord, Registry
+from runtime.store.registry import ModelFile, ModelRecord, Registry, check_name
 
 Progress = Callable[[dict[str, Any]], None]
-_NAME_RE = re.compile(r"[A-Za-z0-9][\w.:/+-]{0,127}")
 _PATH_HINTS = ("/", "./", "../", "~", ".\\")
 _PROGRESS_INTERVAL_S = 0.2
+# A branch, tag or commit as git allows them (refs/pr/1 included): parts that start with a letter or digit.
+_REVISION = re.compile(r"[A-Za-z0-9][\w.+-]*(/[A-Za-z0-9][\w.+-]*)*", re.ASCII)
+MAX_TEXT = 2048  # characters in a source, revision or file pattern
 
 
 @dataclass(frozen=True)
@@ -56,19 +68,22 @@ class Store:
 
     def pull(self, source: str, name: str | None = None, kind: str | None = None, revision: str | None = None,
              files: list[str] | None = None, token: str | None = None, progress: Progress | None = None,
-             endpoint: str | None = None) -> ModelRecord:
-        """Fetch a model from the hub (or import a local path), verify it, then register it."""
-        if kind is not None and kind not in KINDS:
-            raise InvalidRequestError(f"Unknown kind '{kind}'. Use one of: {', '.join(KINDS)}.",
-                                      param="kind")
+             endpoint: str | None = None, hub_only: bool = False, cancelled: Cancelled = never) -> ModelRecord:
+        """Fetch a model from the hub (or import a local path), verify it, then register it.
+        `hub_only` (the server, for a source that is not a path) never reads a local path of that name.
+        `cancelled` is polled while the pull runs; once it returns True the pull stops (PullCancelledError)."""
+        check_pull(source, kind, revision, files)
         emit = _Emitter(progress)
-        local = Path(source).expanduser()
-        if local.exists():
-            return self._import_local(local.resolve(), name, kind, files, emit)
-        if source.startswith(_PATH_HINTS) or source.lower().endswith((".gguf", ".onnx", ".safetensors")):
-            raise StoreError(f"No such file or directory: {source}")
-        parsed = selection.parse_repo(source)
-        return self._pull_hub(parsed, name, kind, revision, files, token, endpoint, emit)
+        try:
+            local = Path(source).expanduser()
+            if not hub_only and local.exists():
+                return self._import_local(local.resolve(), name, kind, files, emit, cancelled)
+            if source.startswith(_PATH_HINTS) or source.lower().endswith((".gguf", ".onnx", ".safetensors")):
+                raise StoreError(f"No such file or directory: {source}")
+            parsed = selection.parse_repo(source)
+            return self._pull_hub(parsed, name, kind, revision, files, token, endpoint, emit, cancelled)
+        except OSError as exc:
+            raise _os_error(exc) from None
 
     def remove(self, name: str) -> tuple[ModelRecord, int]:
         """Unregister a model and free the blobs no other model uses; returns (record, bytes freed)."""
@@ -82,7 +97,7 @@ class Store:
 
     def _pull_hub(self, source: selection.Source, name: str | None, kind: str | None, revision: str | None,
                   patterns: list[str] | None, token: str | None, endpoint: str | None,
-                  emit: _Emitter) -> ModelRecord:
+                  emit: _Emitter, cancelled: Cancelled) -> ModelRecord:
         from runtime.store.hub import Hub
 
         hub = Hub(self.paths.models, token=token, endpoint=endpoint)
@@ -92,20 +107,33 @@ class Store:
         remote = [listing.files[s.path] for s in chosen]
         emit.resolved(name, "hf", chosen, [f.size for f in remote],
                       repo=source.repo, revision=listing.revision, commit=listing.commit)
-        fetched = []
-        for selected, file in zip(chosen, remote, strict=True):
-            emit.file_start(file.path, file.size)
-            link = hub.download(listing, file, lambda n, p=file.path, s=file.size: emit.add_bytes(p, n, s))
-            emit.file_done(file.path, file.size)
-            sha256 = file.sha256 or layout.sha256_of(link)
-            emit.verified(file.path, sha256)
-            fetched.append(_Fetched(selected.role, link, sha256))
-        source_info = {"type": "hf", "repo": source.repo, "revision": listing.revision, "commit": listing.commit,
-                       "quant": source.quant, "files": patterns, "endpoint": hub.endpoint}
-        return self._register(name, kind, source_info, fetched, emit)
+        repo = layout.repo_dir(self.paths.models, source.repo)
+        fetched: list[_Fetched] = []
+        try:
+            for selected, file in zip(chosen, remote, strict=True):
+                raise_if_cancelled(cancelled)
+                emit.file_start(file.path, file.size)
+                link = hub.download(listing, file, lambda n, p=file.path, s=file.size: emit.add_bytes(p, n, s),
+                                    cancelled)
+                emit.file_done(file.path, file.size)
+                sha256 = file.sha256 or layout.sha256_of(link)
+                emit.verified(file.path, sha256)
+                fetched.append(_Fetched(selected.role, link, sha256))
+            raise_if_cancelled(cancelled)
+            source_info = {"type": "hf", "repo": source.repo, "revision": listing.revision,
+                           "commit": listing.commit, "quant": source.quant, "files": patterns, "endpoint": hub.endpoint}
+            described = _describe([(f.role, f.link) for f in fetched])
+            record = self._register(name, kind, source_info, fetched, emit, described)
+        except BaseException as exc:
+            resumable = isinstance(exc, (KeyboardInterrupt, ServiceUnavailableError))  # a rerun picks up the files
+            self._discard(repo, [] if resumable else [f.link for f in fetched])
+            raise
+        with suppress(OSError):  # the ref only helps huggingface_hub's cache tools find the snapshot
+            layout.write_ref(repo, listing.revision, listing.commit)
+        return record
 
     def _import_local(self, path: Path, name: str | None, kind: str | None, patterns: list[str] | None,
-                      emit: _Emitter) -> ModelRecord:
+                      emit: _Emitter, cancelled: Cancelled) -> ModelRecord:
         root = path if path.is_dir() else path.parent
         available = _files_under(root) if path.is_dir() else _files_under(root, depth=1)
         patterns = patterns or (None if path.is_dir() else selection.local_patterns(path.name))
@@ -116,26 +144,35 @@ class Store:
         emit.resolved(name, "local", chosen, sizes, path=str(path))
         hashed = []
         for selected, size in zip(chosen, sizes, strict=True):
+            raise_if_cancelled(cancelled)
             emit.file_start(selected.path, size)
             sha256 = layout.sha256_of(root / selected.path)
             emit.add_bytes(selected.path, size, size)
             emit.file_done(selected.path, size)
             emit.verified(selected.path, sha256)
             hashed.append((selected, sha256))
+        raise_if_cancelled(cancelled)
+        described = _describe([(s.role, root / s.path) for s, _ in hashed])  # before anything is placed
         repo = layout.repo_dir(self.paths.models, layout.local_repo(root.name))
         commit = layout.local_commit(f"{s.path}:{h}" for s, h in hashed)
-        fetched = [
-            _Fetched(s.role, layout.link_snapshot(repo, commit, s.path, layout.import_file(repo, root / s.path, h)), h)
-            for s, h in hashed
-        ]
-        return self._register(name, kind, {"type": "local", "path": str(path), "commit": commit}, fetched, emit)
+        placed: list[Path] = []
+        try:
+            fetched = []
+            for selected, sha256 in hashed:
+                blob = layout.import_file(repo, root / selected.path, sha256)
+                placed.append(blob)
+                link = layout.link_snapshot(repo, commit, selected.path, blob)
+                placed.append(link)
+                fetched.append(_Fetched(selected.role, link, sha256))
+            source_info = {"type": "local", "path": str(path), "commit": commit}
+            return self._register(name, kind, source_info, fetched, emit, described)
+        except BaseException:
+            self._discard(repo, placed)
+            raise
 
     def _check_name(self, name: str, identity: dict[str, str]) -> str:
         """Fail before any download when the name is taken by a different model (same source = refresh)."""
-        if not _NAME_RE.fullmatch(name):
-            raise InvalidRequestError(
-                f"Invalid model name '{name}': use letters, digits and . _ - : / + (at most 128).", param="name"
-            )
+        check_name(name)
         existing = self.registry.find(name)
         if existing and any(existing.source.get(k) != v for k, v in identity.items()):
             raise ConflictError(
@@ -143,12 +180,13 @@ class Store:
             )
         return name
 
+    def _discard(self, repo: Path, placed: list[Path]) -> None:
+        still_used = [f.path for other in self.registry.list() for f in other.files]
+        layout.discard(self.paths.models, repo, placed, still_used)
+
     def _register(self, name: str, kind: str | None, source: dict[str, Any], fetched: list[_Fetched],
-                  emit: _Emitter) -> ModelRecord:
-        by_role: dict[str, list[Path]] = {}
-        for item in fetched:
-            by_role.setdefault(item.role, []).append(item.link)
-        detected, metadata = describe(by_role)
+                  emit: _Emitter, described: tuple[str, dict[str, Any]]) -> ModelRecord:
+        detected, metadata = described
         record = ModelRecord(
             name=name,
             kind=kind or detected,
@@ -166,6 +204,50 @@ class Store:
             layout.remove_files(self.paths.models, [f.path for f in previous.files], still_used)
         emit.registered(record)
         return record
+
+
+def check_pull(source: str, kind: str | None = None, revision: str | None = None,
+               files: list[str] | None = None) -> None:
+    """Refuse a pull that can never succeed before anything is fetched (the API answers 400)."""
+    if not source.strip():
+        raise InvalidRequestError("The source is empty: give owner/repo[:QUANT] or a file path.", param="source")
+    _check_text(source, "source")
+    if kind is not None and kind not in KINDS:
+        raise InvalidRequestError(f"Unknown kind {kind[:64]!r}. Use one of: {', '.join(KINDS)}.", param="kind")
+    if revision is not None and (not _REVISION.fullmatch(revision) or ".." in revision or len(revision) > 255):
+        raise InvalidRequestError(
+            f"Invalid revision {revision[:64]!r}: give a branch, tag or commit of the repo (letters, digits and "
+            ". _ + - in parts separated by /, without '..').",
+            param="revision",
+        )
+    for i, pattern in enumerate(files or []):
+        if not pattern:
+            raise InvalidRequestError("A file pattern is empty: give a file name or glob.", param=f"files[{i}]")
+        _check_text(pattern, f"files[{i}]")
+
+
+def _check_text(value: str, param: str) -> None:
+    if len(value) > MAX_TEXT or layout.UNSAFE_CHARS.search(value):
+        raise InvalidRequestError(
+            f"Invalid {param} {value[:64]!r}: at most {MAX_TEXT} characters, without control characters or lone "
+            "surrogates.",
+            param=param,
+        )
+
+
+def _describe(files: list[tuple[str, Path]]) -> tuple[str, dict[str, Any]]:
+    by_role: dict[str, list[Path]] = {}
+    for role, path in files:
+        by_role.setdefault(role, []).append(path)
+    return describe(by_role)
+
+
+def _os_error(exc: OSError) -> StoreError:
+    if layout.disk_full(exc):
+        return InsufficientStorageError("The disk is full: the model did not fit in the store. Free some space, "
+                                        "then pull again.")
+    where = f": {exc.filename}" if exc.filename else ""
+    return StoreError(f"{exc.strerror or type(exc).__name__}{where}.")
 
 
 def _files_under(root: Path, depth: int | None = None) -> list[str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import StackletError
+from runtime.http.logs import setup_logging
 from runtime.spec import ModelSpec
 
 LOAD_FAILED_EXIT = 3
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--socket", required=True, help="Unix socket path to serve on")
     parser.add_argument("--parent-pid", type=int, default=os.getppid())
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging("%(levelname)s %(name)s: %(message)s")
     watch_parent(args.parent_pid)
     spec = read_spec(args.spec_json)
     engine = load(spec)
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     from runtime.worker.app import create_worker_app
 
     uvicorn.run(create_worker_app(engine, spec, Path(args.socket)), uds=args.socket, log_level="warning",
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+                log_config=None, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from runtime import media
 from runtime.engines.base import TranscriptionParams, TranscriptSegment
 from runtime.errors import InvalidRequestError
 from runtime.http.bridge import run_cancellable, stream_in_thread
+from runtime.http.jsonbody import JSONBodyRoute
 from runtime.http.multipart import form_to_dict
 from runtime.http.sse import sse_response
 from runtime.http.uploads import read_upload
@@ -32,7 +33,7 @@ TRANSLATIONS_PATH = worker_path("translations")
 
 def create_router(engine: Any, stats: Stats, limits: WorkerLimits) -> APIRouter:
     upload_limit = limits.max_upload_bytes
-    router = APIRouter()
+    router = APIRouter(route_class=JSONBodyRoute)
     capabilities = frozenset(engine.capabilities)
 
     def require(capability: str, what: str) -> None:

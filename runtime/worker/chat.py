@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.engines.base import SamplingParams, TextDelta, TextEngine, Usage
-from runtime.engines.llama import grammar
+from runtime.engines.llama import customtools, grammar
+from runtime.engines.llama.toolcalls import custom_call_open
 from runtime.errors import InvalidRequestError, check_context
 from runtime.http.bridge import read_on_loop
 from runtime.protocol import chat as wire
@@ -31,7 +32,8 @@ class ChatJob:
     params: SamplingParams
     n: int
     tool_choice: str
-    tool_names: set[str]
+    tool_names: set[str]  # the functions the model may call
+    custom_names: set[str]  # the custom tools it may call
     thinking: bool
     fingerprint: str
     completion_id: str = field(default_factory=lambda: "chatcmpl-" + uuid.uuid4().hex[:29])
@@ -39,24 +41,51 @@ class ChatJob:
 
     def outputs(self) -> list[ChoiceOutput]:
         parallel = self.request.parallel_tool_calls is not False
-        return [ChoiceOutput(self.tool_choice, self.tool_names, self.thinking, parallel) for _ in range(self.n)]
+        return [ChoiceOutput(self.tool_choice, self.tool_names, self.thinking, parallel, self.custom_names)
+                for _ in range(self.n)]
 
 
 def prepare(engine: TextEngine, req: CreateChatCompletionRequest, fingerprint: str) -> ChatJob:
     """Render and tokenize the prompt, check it fits, and build the sampling parameters (blocking)."""
     tool_choice = req.effective_tool_choice()
-    tools = [t.model_dump(exclude_none=True) for t in req.function_tools()] if tool_choice != "none" else []
+    grammars = custom_grammars(req)
+    tools = [t.model_dump(exclude_none=True) for t in req.all_tools()] if tool_choice != "none" else []
+    output = output_grammar(req, tool_choice, grammars)  # first: a schema it refuses is never rendered
     messages = [template_message(m, i) for i, m in enumerate(req.messages)]
+    if req.response_format is not None and req.response_format.type == "json_schema":
+        messages = grammar.with_schema(messages, req.response_format.json_schema.schema_)
     text = engine.render_chat(messages, tools or None)
+    thinking = text.rstrip().endswith("<think>")
+    stop = wire.stop_list(req.stop)
+    if isinstance(req.tool_choice, wire.NamedCustomToolChoice):
+        text += custom_call_open(tool_choice)  # the model writes only the input (customtools.py)
+        if grammars[tool_choice] is None:
+            stop += customtools.NAMED_STOPS
     prompt = engine.tokenize(text)
     max_tokens = req.max_output_tokens()
     check_context(engine.context_length, len(prompt), max_tokens, param="messages")
     params = sampling_params(req.temperature, req.top_p, req.seed, req.presence_penalty, req.frequency_penalty,
-                             req.logit_bias, wire.stop_list(req.stop), max_tokens)
+                             req.logit_bias, stop, max_tokens)
     params.logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    params.grammar = output_grammar(req, tool_choice)
-    return ChatJob(req, prompt, params, req.n or 1, tool_choice, {t.function.name for t in req.function_tools()},
-                   thinking=text.rstrip().endswith("<think>"), fingerprint=fingerprint)
+    params.grammar = output
+    callable_tools = req.callable_tools()
+    return ChatJob(req, prompt, params, req.n or 1, tool_choice,
+                   {wire.tool_name(t) for t in callable_tools if isinstance(t, wire.Tool)},
+                   {wire.tool_name(t) for t in callable_tools if isinstance(t, wire.CustomTool)},
+                   thinking=thinking, fingerprint=fingerprint)
+
+
+def custom_grammars(req: CreateChatCompletionRequest) -> dict[str, tuple[str, str] | None]:
+    """Each custom tool's input grammar (None: free text), checked whatever the tool_choice: a grammar
+    that cannot be enforced is a 400."""
+    grammars = {}
+    for i, tool in enumerate(req.tools or []):
+        if isinstance(tool, wire.CustomTool):
+            found = tool.grammar()
+            if found is not None:
+                customtools.check(found, tool.custom.name, param=f"tools[{i}].custom.format.grammar.definition")
+            grammars[tool.custom.name] = found
+    return grammars
 
 
 def template_message(message: ChatMessage, index: int) -> dict[str, Any]:
@@ -104,12 +133,19 @@ def sampling_params(temperature: float | None, top_p: float | None, seed: int | 
     )
 
 
-def output_grammar(req: CreateChatCompletionRequest, tool_choice: str) -> str | None:
-    tools = {t.function.name: t.function.parameters for t in req.function_tools()}
+def output_grammar(req: CreateChatCompletionRequest, tool_choice: str,
+                   grammars: dict[str, tuple[str, str] | None]) -> str | None:
+    callable_tools = req.callable_tools()
+    functions = {t.function.name: t.function.parameters for t in callable_tools if isinstance(t, wire.Tool)}
+    customs = [(t.custom.name, grammars[t.custom.name]) for t in callable_tools if isinstance(t, wire.CustomTool)]
     if tool_choice == "required":
-        return grammar.required_tool_grammar(list(tools.items()))
-    if tool_choice in tools:
-        return grammar.named_tool_grammar(tools[tool_choice])
+        if customs:
+            return customtools.required_grammar(list(functions.items()), customs)
+        return grammar.required_tool_grammar(list(functions.items()))
+    if isinstance(req.tool_choice, wire.NamedCustomToolChoice):
+        return customtools.named_grammar(grammars[tool_choice])
+    if tool_choice in functions:
+        return grammar.named_tool_grammar(functions[tool_choice])
     fmt = req.response_format
     if fmt is None or fmt.type == "text":
         return None
@@ -188,7 +224,10 @@ async def stream(engine: TextEngine, job: ChatJob, usage: Usage,
         for piece in pieces:
             yield content_chunk(index, piece)
         if delta.finish_reason:
-            yield chunk([wire.chunk_choice(index, {}, None, out.finish_reason(delta.finish_reason))])
+            last = wire.chunk_choice(index, {}, None, out.finish_reason(delta.finish_reason))
+            if delta.stop_sequence is not None:
+                last["stop_reason"] = delta.stop_sequence  # vLLM's extension: which stop string ended it
+            yield chunk([last])
     options = job.request.stream_options
     if options is not None and options.include_usage:
         yield chunk([], usage_dict(engine, usage, outputs))

@@ -18,9 +18,11 @@ FIXED_CHOICES = ("none", "auto", "required")
 
 
 class ChoiceOutput:
-    def __init__(self, tool_choice: str, tool_names: set[str], thinking: bool = False, parallel: bool = True) -> None:
-        self.tool_choice = tool_choice  # "none", "auto", "required" or the function to call
-        self.tool_names = tool_names
+    def __init__(self, tool_choice: str, tool_names: set[str], thinking: bool = False, parallel: bool = True,
+                 custom_names: frozenset[str] | set[str] = frozenset()) -> None:
+        self.tool_choice = tool_choice  # "none", "auto", "required" or the tool to call
+        self.tool_names = tool_names  # the functions it may call
+        self.custom_names = custom_names  # the custom tools it may call
         self.parallel = parallel
         self.named = tool_choice not in FIXED_CHOICES
         self.forced = self.named or tool_choice == "required"
@@ -31,7 +33,8 @@ class ChoiceOutput:
         self.reasoning = ""
         self.calls: list[dict[str, Any]] = []
         if self.named:
-            self.calls.append(wire.tool_call(new_call_id(), tool_choice, ""))
+            make = wire.custom_tool_call if tool_choice in custom_names else wire.tool_call
+            self.calls.append(make(new_call_id(), tool_choice, ""))
 
     def opening(self) -> dict[str, Any]:
         """The first delta of the choice."""
@@ -108,11 +111,12 @@ class ChoiceOutput:
 
     def _route_content(self, deltas: list[dict[str, Any]]) -> None:
         text, self.pending = self.pending, ""
-        if self.named:
-            self.calls[0]["function"]["arguments"] += text
-            deltas.append({"tool_calls": [{"index": 0, "function": {"arguments": text}}]})
+        if self.named:  # the whole answer is the call's arguments (a custom tool's input)
+            kind, field = ("custom", "input") if self.calls[0]["type"] == "custom" else ("function", "arguments")
+            self.calls[0][kind][field] += text
+            deltas.append({"tool_calls": [{"index": 0, kind: {field: text}}]})
             return
-        if self.tool_text is not None or self.tool_choice == "none" or not self.tool_names:
+        if self.tool_text is not None or self.tool_choice == "none" or not (self.tool_names or self.custom_names):
             if self.tool_text is not None:
                 self.tool_text += text
             else:
@@ -133,20 +137,23 @@ class ChoiceOutput:
     def _emit_calls(self, deltas: list[dict[str, Any]]) -> None:
         text = self.tool_text or ""
         if self.tool_choice == "required":
-            forced = parse_forced_call(text)
+            forced = parse_forced_call(text, self.custom_names)
             content, calls = ("", [forced]) if forced else (text, [])
         else:
-            content, calls = parse_tool_calls(text, self.tool_names)
+            content, calls = parse_tool_calls(text, self.tool_names, self.custom_names)
         self._say(content, deltas)
         for call in calls if self.parallel else calls[:1]:
             self._add_call(call, deltas)
 
     def _add_call(self, call: ParsedCall, deltas: list[dict[str, Any]]) -> None:
+        """The call, and its deltas as OpenAI streams them: the head (id, type, name), then the text."""
         index = len(self.calls)
-        self.calls.append(wire.tool_call(new_call_id(), call.name, call.arguments))
-        head = {"index": index, **wire.tool_call(self.calls[-1]["id"], call.name, "")}
-        deltas.append({"tool_calls": [head]})
-        deltas.append({"tool_calls": [{"index": index, "function": {"arguments": call.arguments}}]})
+        make, kind, field = ((wire.custom_tool_call, "custom", "input") if call.custom
+                             else (wire.tool_call, "function", "arguments"))
+        call_id = new_call_id()
+        self.calls.append(make(call_id, call.name, call.arguments))
+        deltas.append({"tool_calls": [{"index": index, **make(call_id, call.name, "")}]})
+        deltas.append({"tool_calls": [{"index": index, kind: {field: call.arguments}}]})
 
     def _say(self, text: str, deltas: list[dict[str, Any]]) -> None:
         if text:

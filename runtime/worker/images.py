@@ -22,6 +22,7 @@ from runtime.http import BASE_URL_HEADER
 from runtime.http.bridge import from_thread, run_cancellable
 from runtime.http.errors import validation_error
 from runtime.http.files import ImageFiles
+from runtime.http.jsonbody import JSONBodyRoute
 from runtime.http.multipart import form_to_dict
 from runtime.http.sse import sse_response
 from runtime.http.uploads import read_upload
@@ -60,7 +61,7 @@ class Job:
 
 def create_router(engine: ImageEngine, stats: Stats, limits: WorkerLimits) -> APIRouter:
     files = ImageFiles(limits.image_dir, limits.image_url_ttl) if limits.image_dir else None
-    router = APIRouter()
+    router = APIRouter(route_class=JSONBodyRoute)
 
     @router.post(GENERATIONS_PATH)
     async def create_image(body: wire.CreateImageRequest, request: Request) -> Response:

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from runtime.engines.base import TextEngine, Usage
 from runtime.errors import InvalidRequestError, check_context
 from runtime.http.bridge import primed, run_cancellable
+from runtime.http.jsonbody import JSONBodyRoute
 from runtime.http.sse import sse_response
 from runtime.protocol import embeddings as embedding_wire
 from runtime.protocol.chat import CreateChatCompletionRequest
@@ -28,7 +29,7 @@ EMBEDDINGS_PATH = worker_path("embeddings")
 
 
 def create_router(engine: TextEngine, stats: Stats) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=JSONBodyRoute)
     capabilities = frozenset(engine.capabilities)  # type: ignore[attr-defined]
     fingerprint = chat.fingerprint(engine)
 

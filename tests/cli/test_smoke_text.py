@@ -23,6 +23,7 @@ def test_smoke_tests_pass_on_real_models(live_server: Any, text_app: Any, smollm
         assert result.exit_code == 0, result.output
         report = json.loads(result.output)
         assert report["ok"] and all(check["ok"] for check in report["checks"])
+        assert command != "chat" or "custom tool (grammar)" in [check["name"] for check in report["checks"]]
     streamed = [c for c in json.loads(invoke("test", "chat", "m", "--base-url", chat_url, "--json").output)["checks"]
                 if c["name"] == "chat stream"][0]
     assert streamed["ttft_s"] is not None and streamed["tokens_per_s"] > 0

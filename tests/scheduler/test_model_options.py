@@ -4,6 +4,7 @@ GQA-aware KV-cache estimates from GGUF headers, and `python -m runtime` publishi
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from serverproc import free_port
 from runtime.config import Settings
 from runtime.engines.llama.defaults import kv_cache_bytes
 from runtime.errors import InvalidRequestError
-from runtime.options import EngineOptions
+from runtime.options import EngineOptions, parse_keep_alive
 from runtime.scheduler.scheduler import Scheduler
 from runtime.server import state
 from runtime.spec import WorkerLimits
@@ -83,6 +84,83 @@ def test_engine_options_layer_serve_model_load_and_limits_come_from_the_settings
     spec = Scheduler(settings, Registry(settings.paths.ensure())).spec_for(record, EngineOptions(threads=4))
     assert spec.options == EngineOptions(ctx_size=2048, threads=4, flash_attn="on")
     assert spec.limits == WorkerLimits(1234, settings.paths.images, settings.image_url_ttl)
+
+
+# Ranges: what llama.cpp or ctypes would wrap, assert or crash on is refused wherever options come from
+
+BAD_OPTIONS = [
+    ({"ctx_size": 1}, "at least 256"), ({"ctx_size": 255}, "at least 256"), ({"ctx_size": 1.5}, "whole number"),
+    ({"ctx_size": True}, "not true or false"), ({"ctx_size": math.inf}, "whole number"),
+    ({"ctx_size": math.nan}, "whole number"), ({"ctx_size": 4294967808}, "training context"),
+    ({"ctx_size": "1e9"}, "whole number"), ({"ctx_size": [4096]}, "whole number"),
+    ({"threads": 100000}, "per CPU"), ({"threads": 2**32 + 1}, "per CPU"), ({"threads": 0}, "per CPU"),
+    ({"threads": False}, "not true or false"), ({"n_gpu_layers": 1e20}, "layer count"),
+    ({"n_gpu_layers": 10**20}, "layer count"), ({"n_gpu_layers": "100000000000000000000"}, "layer count"),
+    ({"n_gpu_layers": -1}, "layer count"), ({"n_gpu_layers": True}, "layer count"),
+    ({"main_gpu": 2**32}, "0 to 15"), ({"main_gpu": -1}, "0 to 15"), ({"parallel": 0}, "1 to 256"),
+    ({"parallel": 100000}, "1 to 256"), ({"tensor_split": [math.nan, 1]}, "non-negative"),
+    ({"tensor_split": [-1, 1]}, "non-negative"), ({"tensor_split": [1] * 17}, "at most 16"),
+    ({"tensor_split": [10**400]}, "tensor_split"),
+]
+
+
+@pytest.mark.parametrize("values, message", BAD_OPTIONS, ids=[repr(v)[:40] for v, _ in BAD_OPTIONS])
+def test_engine_options_refuse_values_out_of_range(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        EngineOptions.from_dict(values)
+    assert caught.value.param == next(iter(values)) and message in caught.value.message
+
+
+def test_engine_options_take_whole_numbers_in_any_form_and_threads_up_to_twice_the_cpus() -> None:
+    options = EngineOptions.from_dict({"ctx_size": 2048.0, "parallel": "8", "n_gpu_layers": 999,
+                                       "threads": 2 * (os.cpu_count() or 1), "tensor_split": "1,0.5"})
+    assert options == EngineOptions(ctx_size=2048, parallel=8, n_gpu_layers="999", threads=2 * (os.cpu_count() or 1),
+                                    tensor_split=(1.0, 0.5))
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan, 10**400, "9" * 400 + "h"],
+                         ids=["inf", "-inf", "nan", "10**400", "400-digit-hours"])
+def test_keep_alive_refuses_what_is_not_a_finite_duration(value: Any) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        parse_keep_alive(value)
+    assert caught.value.param == "keep_alive"
+
+
+def test_settings_refuse_bad_engine_options_from_the_environment_and_the_config_file() -> None:
+    with pytest.raises(InvalidRequestError, match="'threads'"):
+        Settings.load(environ={**os.environ, "STACKLET_THREADS": "100000"})
+    config = Settings.load().paths.ensure().config_file
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("[engine]\nctx_size = 4294967808\n")
+    with pytest.raises(InvalidRequestError, match="'ctx_size'"):
+        Settings.load()
+
+
+@pytest.mark.parametrize("args", [["--threads", "100000"], ["--ctx-size", "1"], ["--n-gpu-layers", "1e20"]])
+def test_serve_refuses_bad_engine_flags_in_one_line(args: list[str]) -> None:
+    result = subprocess.run([sys.executable, "-m", "runtime", "--port", str(free_port()), *args], capture_output=True,
+                            text=True, timeout=WAIT_S)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Invalid value" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_patch_over_the_models_training_context_is_refused_and_stores_nothing() -> None:
+    registry = Registry(Settings.load().paths.ensure())
+    registry.add(ModelRecord("m", "llm", {"type": "fake"}, [], {"context_length": 8192}, engine="fake"))
+    registry.configure("m", {"ctx_size": 8192})
+    with pytest.raises(InvalidRequestError, match="trained with a context of 8192 tokens; use at most 8192") as caught:
+        registry.configure("m", {"ctx_size": 8193})
+    assert caught.value.param == "ctx_size"
+    assert registry.get("m").options == EngineOptions(ctx_size=8192)
+
+
+def test_a_stored_option_this_version_refuses_is_left_out_and_can_be_unset() -> None:
+    registry = register_fake("m")
+    with registry._conn:  # as an older version stored it, before options were checked
+        registry._conn.execute("""UPDATE models SET options = '{"ctx_size": 1, "threads": 1}' WHERE name = 'm'""")
+    assert registry.get("m").options == EngineOptions(threads=1)
+    assert [r.name for r in registry.list()] == ["m"]
+    assert registry.configure("m", {"ctx_size": None}).options == EngineOptions(threads=1)
 
 
 # GGUF metadata and the KV-cache estimate
@@ -188,7 +266,7 @@ def wait_healthy(process: subprocess.Popen[bytes], port: int) -> None:
 @pytest.fixture
 def server() -> Iterator[Server]:
     register_fake("m").close()
-    key, _ = KeyStore(Settings.load().paths).create("test")
+    key, _ = KeyStore(Settings.load().paths).create("test", scope="admin")
     process, port = start_server("--keep-alive", "300", "--threads", "2", "--ctx-size", "512")
     try:
         wait_healthy(process, port)
@@ -253,6 +331,26 @@ def test_patch_errors(server: Server) -> None:
     missing = server.http.patch("/v1/models/nope", json={"ctx_size": 1})
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
     assert server.http.get("/v1/models/m").json()["options"] == {"ctx_size": 512}
+
+
+def test_load_and_patch_refuse_out_of_range_options_and_change_nothing(server: Server) -> None:
+    server.patch({"ctx_size": 1024})
+    server.chat()
+    before = server.worker()
+    bodies = [{"ctx_size": 1}, {"ctx_size": 1.5}, {"ctx_size": True}, {"ctx_size": 4294967808},
+              {"threads": 100000}, {"threads": 2**32 + 1}, {"n_gpu_layers": 1e20}, {"parallel": 100000}]
+    for body in bodies:
+        for response in (server.patch(body), server.http.post("/v1/models/m/load", json=body)):
+            assert response.status_code == 400, (body, response.text)
+            assert response.json()["error"]["param"] == next(iter(body))
+    for raw in (b'{"ctx_size": Infinity}', b'{"ctx_size": NaN}', b'{"keep_alive": -Infinity}'):
+        for method, path in (("PATCH", "/v1/models/m"), ("POST", "/v1/models/m/load")):
+            response = server.http.request(method, path, content=raw, headers={"content-type": "application/json"})
+            assert response.status_code == 400, (raw, response.text)
+    after = server.worker()
+    assert (after["pid"], after["options"]) == (before["pid"], before["options"])
+    assert server.http.get("/v1/models/m").json()["options"] == {"ctx_size": 1024}
+    server.chat()
 
 
 # State record: a server started directly is visible to the CLI

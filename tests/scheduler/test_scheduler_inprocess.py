@@ -20,7 +20,7 @@ from inprocess_worker import InProcessWorker, WorkerFarm
 from test_scheduler import fake_models
 
 from runtime.config import Settings
-from runtime.errors import QueueFullError, WorkerError
+from runtime.errors import InvalidRequestError, QueueFullError, WorkerError
 from runtime.scheduler import scheduler as scheduler_module
 from runtime.scheduler.memory import OVERHEAD
 from runtime.scheduler.scheduler import ModelLease, Scheduler
@@ -261,13 +261,31 @@ def test_eviction_by_memory_budget_lru_first(setup: Callable[..., Env]) -> None:
     env.run(scenario)
 
 
-def test_a_model_over_the_whole_budget_still_loads_alone(setup: Callable[..., Env]) -> None:
+def test_a_model_over_the_whole_budget_is_refused_and_nothing_is_evicted(setup: Callable[..., Env]) -> None:
     env = setup({"a": {}, "huge": {}}, sizes={"huge": 2048 * MIB}, memory_budget=1024 * MIB)
 
     async def scenario(scheduler: Scheduler) -> None:
         await chat(scheduler, "a")
-        await chat(scheduler, "huge")
-        assert set(loaded(scheduler)) == {"huge"} and env.farm.stopped == ["a"]
+        for attempt in (chat(scheduler, "huge"), scheduler.load("huge")):
+            with pytest.raises(InvalidRequestError) as refused:
+                await attempt
+            assert refused.value.status == 400 and refused.value.code == "memory_budget_exceeded"
+            assert "needs about 2304 MiB" in refused.value.message and "1024 MiB" in refused.value.message
+        assert set(loaded(scheduler)) == {"a"} and env.farm.stopped == [] and env.farm.of("huge") == []
+
+    env.run(scenario)
+
+
+def test_a_kv_cache_over_the_budget_is_refused_naming_ctx_size(setup: Callable[..., Env]) -> None:
+    gqa = {"block_count": 30, "embedding_length": 576, "head_count": 9, "head_count_kv": 3, "context_length": 2**20}
+    env = setup({"m": gqa}, memory_budget=1024 * MIB)
+
+    async def scenario(scheduler: Scheduler) -> None:
+        with pytest.raises(InvalidRequestError) as refused:
+            await scheduler.load("m", options={"ctx_size": 100_000})
+        assert refused.value.param == "ctx_size" and "KV cache for 100000 tokens" in refused.value.message
+        assert env.farm.of("m") == []  # refused before a worker started
+        await scheduler.load("m", options={"ctx_size": 4096})
 
     env.run(scenario)
 
@@ -371,6 +389,53 @@ def test_a_failed_load_is_reported_to_every_waiter_and_backed_off(setup: Callabl
         assert 2 * FIRST_BACKOFF_S - 0.1 <= backoff(scheduler, "m", failed_at) <= 2 * FIRST_BACKOFF_S  # doubled
         assert scheduler.metrics()["loads"] == {"m": 2}
         assert scheduler.metrics()["crashes"] == {"m": 0}  # a failed load is not a crash
+
+    env.run(scenario)
+
+
+def test_a_failed_load_leaves_the_model_with_the_options_it_had(setup: Callable[..., Env]) -> None:
+    env = setup({"m": {}})
+
+    async def scenario(scheduler: Scheduler) -> None:
+        await scheduler.load("m", options={"ctx_size": 1024}, keep_alive=60)
+        env.farm.fail_next_load("m", "no memory for that context")
+        with pytest.raises(WorkerError, match="no memory for that context"):
+            await scheduler.load("m", options={"ctx_size": 4096}, keep_alive=5)
+        assert loaded(scheduler) == {}  # the reload stopped the old worker first
+        started = time.time()
+        await chat(scheduler, "m")  # loads again at once (no backoff), with what the model had
+        assert time.time() - started < FIRST_BACKOFF_S
+        entry = loaded(scheduler)["m"]
+        assert entry["options"] == {"ctx_size": 1024}
+        assert entry["expires_at"] - entry["last_used"] == pytest.approx(60)
+
+    env.run(scenario)
+
+
+def test_unload_forgets_a_crashed_workers_load_options(setup: Callable[..., Env]) -> None:
+    env = setup({"m": {}})
+
+    async def scenario(scheduler: Scheduler) -> None:
+        await scheduler.load("m", options={"ctx_size": 1024})
+        await crash(env.farm.live("m"))
+        assert await scheduler.unload("m") is False  # nothing running, but its per-load options go
+        await chat(scheduler, "m")
+        assert loaded(scheduler)["m"]["options"] == {}
+
+    env.run(scenario)
+
+
+def test_options_over_the_models_training_context_are_refused_before_anything_changes(
+        setup: Callable[..., Env]) -> None:
+    env = setup({"m": {"context_length": 2048}})
+
+    async def scenario(scheduler: Scheduler) -> None:
+        await scheduler.load("m", options={"ctx_size": 1024})
+        first = env.farm.live("m")
+        with pytest.raises(InvalidRequestError, match="trained with a context of 2048 tokens") as refused:
+            await scheduler.load("m", options={"ctx_size": 4096})
+        assert refused.value.param == "ctx_size"
+        assert env.farm.live("m") is first and loaded(scheduler)["m"]["options"] == {"ctx_size": 1024}
 
     env.run(scenario)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -21,7 +23,16 @@ def scheduler() -> StubScheduler:
 @pytest.fixture
 def client(scheduler: StubScheduler) -> Iterator[TestClient]:
     settings = Settings.load()
-    key, _ = KeyStore(settings.paths).create("test")
+    key, _ = KeyStore(settings.paths).create("test", scope="admin")
+    with make_client(settings, scheduler, key) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def importing(scheduler: StubScheduler, minilm_gguf: Path, tmp_path: Path) -> Iterator[TestClient]:
+    """A client of a server whose operator allows local imports from the test models' folder and tmp_path."""
+    settings = replace(Settings.load(), import_dirs=(str(minilm_gguf.parent), str(tmp_path)))
+    key, _ = KeyStore(settings.paths).create("test", scope="admin")
     with make_client(settings, scheduler, key) as test_client:
         yield test_client
 
@@ -61,7 +72,8 @@ def sse_events(text: str) -> list[dict]:
     return [json.loads(item) for item in data[:-1]]
 
 
-def test_pull_streams_progress_then_the_model(client, minilm_gguf):
+def test_pull_streams_progress_then_the_model(importing, minilm_gguf):
+    client = importing
     response = client.post("/v1/models", json={"source": str(minilm_gguf), "name": "minilm", "kind": "embedding"})
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
@@ -77,8 +89,8 @@ def test_pull_streams_progress_then_the_model(client, minilm_gguf):
     assert "minilm" in {m["id"] for m in client.get("/v1-openai/models").json()["data"]}
 
 
-def test_pull_failure_is_an_error_event(client, tmp_path):
-    response = client.post("/v1/models", json={"source": str(tmp_path / "missing.gguf")})
+def test_pull_failure_is_an_error_event(importing, tmp_path):
+    response = importing.post("/v1/models", json={"source": str(tmp_path / "missing.gguf")})
     events = sse_events(response.text)
     assert events[-1]["error"]["type"] == "server_error"
     assert "No such file" in events[-1]["error"]["message"]
@@ -90,7 +102,8 @@ def test_pull_needs_a_source(client):
     assert response.json()["error"]["param"] == "source"
 
 
-def test_delete_unloads_then_removes(client, scheduler, minilm_gguf):
+def test_delete_unloads_then_removes(importing, scheduler, minilm_gguf):
+    client = importing
     client.post("/v1/models", json={"source": str(minilm_gguf), "name": "minilm", "kind": "embedding"})
     client.post("/v1/models/minilm/load")
     response = client.delete("/v1/models/minilm")
@@ -101,3 +114,12 @@ def test_delete_unloads_then_removes(client, scheduler, minilm_gguf):
     assert client.delete("/v1/models/minilm").status_code == 404
 
 
+
+
+@pytest.mark.parametrize("name", ["a/../../b", "x/load", "..", "a..b", "", "-x", ".hidden", "mod\u00e8le", "a b",
+                                  "x" * 129])
+def test_pull_refuses_an_unsafe_name_before_anything_starts(client, name):
+    response = client.post("/v1/models", json={"source": "org/repo", "name": name})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "name" and "[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}" in error["message"]

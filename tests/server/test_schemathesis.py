@@ -3,10 +3,12 @@ statuses and content types, schema-valid responses. Bounded to a few examples pe
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import positive_data_acceptance
-from test_server import StubScheduler, register_fakes
+from test_server import TEST_HOST, StubScheduler, register_fakes
 
 from runtime.config import Settings
 from runtime.server.app import create_app
@@ -27,8 +29,8 @@ def served_model(path: str) -> str | None:
 
 
 def test_api_conforms_to_its_openapi_document() -> None:
-    app_settings = Settings.load()
-    key, _ = KeyStore(app_settings.paths).create("schemathesis")
+    app_settings = replace(Settings.load(), allowed_hosts=(TEST_HOST,))
+    key, _ = KeyStore(app_settings.paths).create("schemathesis", scope="admin")
     app = create_app(app_settings, scheduler=StubScheduler(), registry=register_fakes(app_settings))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers={"Authorization": f"Bearer {key}"})
     operations = [result.ok() for result in schema.get_all_operations()]

@@ -28,6 +28,7 @@ from runtime.server.auth import check_bind
 from runtime.store.keys import KeyStore
 from runtime.store.registry import ModelRecord, Registry
 
+TEST_HOST = "testserver"  # the Host of TestClient's requests, allowed like a name set in allowed_hosts
 FAKE_MODELS = {"fake-llm": "llm", "fake-embed": "embedding", "fake-image": "image", "fake-tts": "speech",
                "fake-whisper": "transcription"}
 
@@ -116,7 +117,7 @@ class StubScheduler:
         return list(self.loaded.values())
 
     def metrics(self) -> dict[str, Any]:
-        return {"tokens": {"fake-llm": {"prompt": 3, "completion": 5}}}
+        return {"tokens": {"fake-llm": {"prompt": 3, "completion": 5}}, "crashes": {"fake-llm": 2}}
 
 
 def register_fakes(settings: Settings) -> Registry:
@@ -140,12 +141,13 @@ def scheduler() -> StubScheduler:
 @pytest.fixture
 def api_key(settings: Settings) -> str:
     store = KeyStore(settings.paths)
-    key, _ = store.create("test")
+    key, _ = store.create("test", scope="admin")
     store.close()
     return key
 
 
 def make_client(settings: Settings, scheduler: StubScheduler, api_key: str | None = None) -> TestClient:
+    settings = replace(settings, allowed_hosts=(TEST_HOST,))
     app = create_app(settings, scheduler=scheduler, registry=register_fakes(settings))
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     return TestClient(app, headers=headers)
@@ -335,6 +337,7 @@ def test_metrics_prometheus_text(client):
     assert 'stacklet_tokens_total{model="fake-llm",type="completion"} 5' in text
     assert 'stacklet_queue_depth{model="fake-llm"} 2' in text
     assert "stacklet_models_loaded 1" in text
+    assert 'stacklet_worker_crashes_total{model="fake-llm"} 2' in text
     for line in text.splitlines():  # every sample line is `name{labels} number`
         if not line.startswith("#"):
             float(line.rsplit(" ", 1)[1])
@@ -372,6 +375,7 @@ def test_openai_models_list_and_retrieve(client):
     llm = next(m for m in listed["data"] if m["id"] == "fake-llm")
     assert set(llm) == {"id", "object", "created", "owned_by", "meta"}
     assert llm["meta"] == {"kind": "llm", "capabilities": ["chat", "completions", "embeddings"],
+                           "apis": ["/chat/completions", "/completions", "/embeddings", "/responses", "/messages"],
                            "context_length": 2048}
     assert client.get("/v1-openai/models/fake-tts").json()["meta"]["capabilities"] == ["speech"]
     assert client.get("/v1-openai/models/nope").json()["error"]["code"] == "model_not_found"

@@ -1,7 +1,8 @@
-"""API keys: the store (hashing, expiry, revocation), the CLI's admin key, and `stacklet keys`."""
+"""API keys: the store (hashing, expiry, revocation, scopes), the CLI's admin key, and `stacklet keys`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import stat
 import time
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 from cli.app import app
 from runtime.config import Settings
 from runtime.errors import ConflictError, InvalidRequestError, NotFoundError
-from runtime.store.keys import KEY_PREFIX, KeyStore, admin_key
+from runtime.store.keys import ADMIN, INFERENCE, KEY_PREFIX, KeyStore, admin_key
 from runtime.store.registry import connect
 
 
@@ -95,3 +96,54 @@ def test_keys_cli_prints_the_key_once_in_plain_mode():
     key = result.stdout.strip()
     assert key.startswith(KEY_PREFIX)
     assert KeyStore(Settings.load().paths).verify(key) is not None
+
+
+def test_keys_are_inference_keys_unless_made_admin(store):
+    inference_key, inference = store.create("app")
+    admin, record = store.create("ops", scope=ADMIN)
+    assert (inference.scope, record.scope) == (INFERENCE, ADMIN)
+    assert store.verify(inference_key).scope == INFERENCE and store.verify(admin).scope == ADMIN
+    assert {k.name: k.scope for k in store.list()} == {"app": INFERENCE, "ops": ADMIN}
+    with pytest.raises(InvalidRequestError, match="inference or admin"):
+        store.create("root", scope="root")
+
+
+def test_keys_from_before_scopes_become_admin_keys():
+    """A database from an older stacklet: its keys could do everything, so they keep doing it."""
+    paths = Settings.load().paths
+    old = connect(paths.database)
+    old.executescript("CREATE TABLE keys (name TEXT PRIMARY KEY, prefix TEXT NOT NULL, hash TEXT NOT NULL, "
+                      "created INTEGER NOT NULL, last_used INTEGER, expires INTEGER)")
+    key = KEY_PREFIX + "old-script-key-0123456789"
+    old.execute("INSERT INTO keys VALUES ('script', ?, ?, 1, NULL, NULL)",
+                (key[:len(KEY_PREFIX) + 4], hashlib.sha256(key.encode()).hexdigest()))
+    old.close()
+    migrated = KeyStore(paths)
+    assert migrated.verify(key).scope == ADMIN
+    assert migrated.create("new")[1].scope == INFERENCE
+    assert KeyStore(paths).verify(key).scope == ADMIN  # opening it again migrates nothing twice
+
+
+def test_the_cli_key_is_an_admin_key(store):
+    paths = Settings.load().paths
+    assert store.verify(admin_key(paths)).scope == ADMIN
+    store.revoke("admin")
+    inference_key, _ = store.create("admin")  # someone took the name with an inference key
+    (paths.data / "admin.key").write_text(inference_key)
+    fresh = admin_key(paths)
+    assert fresh != inference_key and store.verify(fresh).scope == ADMIN
+
+
+def test_keys_cli_scopes():
+    runner = CliRunner()
+    inference = json.loads(runner.invoke(app, ["keys", "create", "--name", "app", "--json"]).stdout)
+    admin = runner.invoke(app, ["keys", "create", "--name", "ops", "--admin", "--json"])
+    assert admin.exit_code == 0, admin.output
+    assert (inference["scope"], json.loads(admin.stdout)["scope"]) == (INFERENCE, ADMIN)
+    assert KeyStore(Settings.load().paths).verify(json.loads(admin.stdout)["key"]).scope == ADMIN
+    listed = runner.invoke(app, ["keys", "list", "--json"])
+    assert {e["name"]: e["scope"] for e in json.loads(listed.stdout)} == {"app": INFERENCE, "ops": ADMIN}
+    table = runner.invoke(app, ["keys", "list"]).stdout
+    assert "scope" in table and "inference" in table and "admin" in table
+    plain = runner.invoke(app, ["keys", "create", "--name", "other"])
+    assert "Inference key 'other' created" in plain.stderr

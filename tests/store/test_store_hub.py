@@ -8,11 +8,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hubserver import FakeHub, tiny_gguf
+from hubserver import FakeHub, store_contents, tiny_gguf
 
 from runtime.config import Settings
 from runtime.errors import (
@@ -21,12 +22,15 @@ from runtime.errors import (
     FileNotInRepoError,
     GatedRepoError,
     HubUnreachableError,
+    InsufficientStorageError,
+    InvalidRequestError,
+    PullCancelledError,
     RepoNotFoundError,
 )
 from runtime.store.store import Store
 
 GGUF = tiny_gguf()
-CHUNK = 10 * 1024 * 1024  # huggingface_hub writes downloads in 10 MiB chunks: resumes start at a chunk boundary
+CHUNK = 10 * 1024 * 1024
 
 
 @pytest.fixture
@@ -165,7 +169,7 @@ def test_resume_after_dropped_connection(hub: FakeHub, store: Store) -> None:
     hub.add_repo("org/Drop-GGUF", {"drop-Q4_K_M.gguf": data})
     hub.state.drop_once[hashlib.sha256(data).hexdigest()] = CHUNK + 1_000_000
     store.pull("org/Drop-GGUF")
-    assert [r for _, _, r in hub.requests("GET", "/cdn/")] == [None, f"bytes={CHUNK}-"]
+    assert [r for _, _, r in hub.requests("GET", "/cdn/")] == [None, f"bytes={CHUNK + 1_000_000}-"]  # where it stopped
     assert model_path(store, "Drop").read_bytes() == data
 
 
@@ -213,13 +217,13 @@ def test_ctrl_c_in_the_cli_keeps_a_resumable_partial(hub: FakeHub, stacklet_home
     hub.state.release.set()
     assert proc.returncode == 130
     assert "resume" in err
-    assert partial.stat().st_size == CHUNK
+    assert partial.stat().st_size == CHUNK + 1_000_000  # every byte received is kept
     rerun = subprocess.run([sys.executable, "-m", "cli", "list", "--json"], env=env, capture_output=True, text=True)
     assert json.loads(rerun.stdout) == []
     resumed = subprocess.run([sys.executable, "-m", "cli", "pull", "org/Slow-GGUF", "--json"], env=env,
                              capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
-    assert hub.requests("GET", "/cdn/")[-1][2] == f"bytes={CHUNK}-"
+    assert hub.requests("GET", "/cdn/")[-1][2] == f"bytes={CHUNK + 1_000_000}-"
     registered = json.loads(resumed.stdout.splitlines()[-1])
     assert registered["event"] == "registered" and registered["size"] == len(data)
 
@@ -241,8 +245,7 @@ def test_checksum_mismatch_registers_nothing(hub: FakeHub, store: Store) -> None
     with pytest.raises(ChecksumMismatchError, match="Checksum mismatch"):
         store.pull("org/Tiny-GGUF")
     assert store.list() == []
-    blobs = store.paths.models / "models--org--Tiny-GGUF" / "blobs"
-    assert list(blobs.iterdir()) == []
+    assert store_contents(store.paths.models) == []
 
 
 def test_gated_repo_needs_a_token(hub: FakeHub, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -307,3 +310,69 @@ def test_rm_keeps_a_blob_another_quant_shares(hub: FakeHub, store: Store) -> Non
     assert projector.read_bytes()[:4] == b"GGUF"
     store.remove("v8")
     assert not (store.paths.models / "models--org--Vision-GGUF").exists()
+
+
+def test_a_cancelled_pull_stops_at_once_and_a_rerun_resumes(hub: FakeHub, store: Store,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime.store import hub as hub_module
+
+    monkeypatch.setattr(hub_module, "DOWNLOAD_TIMEOUT_S", 600)  # only the cancel can end the stalled read
+    data = tiny_gguf(extra=os.urandom(CHUNK + 2_000_000))
+    hub.add_repo("org/Stall-GGUF", {"stall-Q4_K_M.gguf": data})
+    hub.state.stall_after[hashlib.sha256(data).hexdigest()] = CHUNK
+    cancel, outcome = threading.Event(), []
+
+    def pull() -> None:
+        try:
+            store.pull("org/Stall-GGUF", cancelled=cancel.is_set)
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=pull)
+    thread.start()
+    assert hub.state.stalled.wait(60)
+    cancel.set()
+    thread.join(60)
+    assert not thread.is_alive()
+    assert [type(e) for e in outcome] == [PullCancelledError]
+    assert "pull again to resume" in outcome[0].message
+    assert hub.state.client_gone.wait(10)  # the stalled connection was shut, not left to its timeout
+    assert len(hub.requests("GET", "/cdn/")) == 1  # and not retried
+    assert store.list() == []
+    partial = f"models--org--Stall-GGUF/blobs/{hashlib.sha256(data).hexdigest()}.incomplete"
+    assert store_contents(store.paths.models) == ["models--org--Stall-GGUF", "models--org--Stall-GGUF/blobs",
+                                                  partial]
+    kept = (store.paths.models / partial).stat().st_size  # what had arrived when the cancel came
+    assert 0 < kept <= CHUNK
+    store.pull("org/Stall-GGUF")
+    assert hub.requests("GET", "/cdn/")[-1][2] == f"bytes={kept}-"
+    assert model_path(store, "Stall").read_bytes() == data
+
+
+def test_a_revision_is_checked_before_anything_is_fetched(hub: FakeHub, store: Store) -> None:
+    quant_repo(hub, ["Q4_K_M"])
+    with pytest.raises(InvalidRequestError, match=r"Invalid revision '\.\./\.\./x'") as caught:
+        store.pull("org/Tiny-GGUF", revision="../../x")
+    assert caught.value.param == "revision"
+    assert hub.state.log == []
+    commit = hub.state.repos["org/Tiny-GGUF"].commit
+    assert store.pull("org/Tiny-GGUF", revision=commit).source["commit"] == commit
+
+
+def test_the_ref_is_written_once_the_model_is_registered(hub: FakeHub, store: Store) -> None:
+    quant_repo(hub, ["Q4_K_M"])
+    store.pull("org/Tiny-GGUF")
+    ref = store.paths.models / "models--org--Tiny-GGUF" / "refs" / "main"
+    assert ref.read_text() == hub.state.repos["org/Tiny-GGUF"].commit
+
+
+def test_a_failed_registration_takes_its_downloads_back(hub: FakeHub, store: Store) -> None:
+    quant_repo(hub, ["Q4_K_M"])
+    store.pull("org/Tiny-GGUF", name="first")
+    hub.add_repo("org/Big-Template-GGUF", {"big-Q4_K_M.gguf": tiny_gguf(template="x" * 50_000)})
+    pages = store.registry._conn.execute("PRAGMA page_count").fetchone()[0]
+    store.registry._conn.execute(f"PRAGMA max_page_count = {pages}")  # the database cannot grow: a full disk
+    with pytest.raises(InsufficientStorageError, match="disk is full"):
+        store.pull("org/Big-Template-GGUF")
+    assert [r.name for r in store.list()] == ["first"]
+    assert not any("Big-Template" in p for p in store_contents(store.paths.models))

@@ -5,7 +5,8 @@ context) -> generation (GenerationLoop: admission, pre-emption, one decode per s
 (a request's choices and sampler chains) -> kv (the KV ledger) -> hostcache (idle prefixes in RAM);
 embed (shared decodes for embeddings); stream (DeltaStream, how a caller reads a request); leaves:
 vocab, stops, defaults (context, parallel and cache-type defaults, the KV-size estimate), and the
-prompt side: chat_template, toolcalls (formats written and parsed), grammar (JSON schema -> GBNF).
+prompt side: chat_template, toolcalls (formats written and parsed), grammar (JSON schema -> GBNF),
+customtools (custom tools' grammars) over lark and regexp (Lark and regex -> gbnf's grammar trees).
 
 Importing this package loads nothing: llama_cpp is imported by the modules that call it.
 """

@@ -134,5 +134,6 @@ def token_logprob(logits: Any, vocab: Vocab, token: int, top: int) -> TokenLogpr
 def emit(choice: Choice, text: str, finish_reason: str | None = None) -> None:
     if not text and finish_reason is None:
         return
-    choice.request.events.put(TextDelta(choice.index, text, choice.held_logprobs, finish_reason))
+    matched = choice.stops.matched if finish_reason else None
+    choice.request.events.put(TextDelta(choice.index, text, choice.held_logprobs, finish_reason, matched))
     choice.held_logprobs = []

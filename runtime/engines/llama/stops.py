@@ -10,14 +10,16 @@ class StopScanner:
     def __init__(self, stops: list[str]) -> None:
         self.stops = [s for s in stops if s]
         self.held = ""
+        self.matched: str | None = None  # the stop string that was hit
 
     def feed(self, text: str) -> tuple[str, bool]:
         """(text safe to emit, whether a stop string was hit)."""
         text = self.held + text
-        hits = [at for at in (text.find(s) for s in self.stops) if at >= 0]
+        hits = [(at, stop) for stop in self.stops if (at := text.find(stop)) >= 0]
         if hits:
             self.held = ""
-            return text[: min(hits)], True
+            at, self.matched = min(hits, key=lambda hit: hit[0])
+            return text[:at], True
         keep = held_back(text, self.stops)
         self.held = text[len(text) - keep:]
         return text[: len(text) - keep], False

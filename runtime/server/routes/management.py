@@ -1,25 +1,26 @@
 """The management API under /v1/models: list with state, get, pull, configure, delete, load, unload.
 
-Its list is a superset of OpenAI's, so an OpenAI client pointed at /v1 still lists models.
+Its list is a superset of OpenAI's, so an OpenAI client pointed at /v1 still lists models: listing and
+getting take any key, everything that changes a model takes an admin key.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from runtime.errors import InvalidRequestError
 from runtime.http.bridge import from_thread
-from runtime.http.errors import JSON_PARSE_MESSAGE
+from runtime.http.jsonbody import parse_json_body
 from runtime.http.sse import sse_response
 from runtime.options import EngineOptions, parse_keep_alive
+from runtime.protocol.common import ErrorResponse
 from runtime.protocol.models import (
     ConfigureModelRequest,
     LoadModelRequest,
@@ -27,13 +28,18 @@ from runtime.protocol.models import (
     ManagedModelList,
     PullModelRequest,
 )
-from runtime.server.auth import require_api_key
+from runtime.server.auth import require_admin_key, require_api_key
+from runtime.server.imports import local_source
 from runtime.server.openapi import ERROR_RESPONSES, request_body, success_response
 from runtime.server.routes.openai import openai_model, workers_by_model
-from runtime.store.registry import ModelRecord
-from runtime.store.store import Store
+from runtime.store.registry import ModelRecord, check_name
+from runtime.store.store import Store, check_pull
 
 LOADING_STATES = ("starting", "loading")
+ADMIN_ONLY: dict[str, Any] = {
+    "dependencies": [Depends(require_admin_key)],
+    "responses": {403: {"model": ErrorResponse, "description": "The key is an inference key, not an admin key"}},
+}
 
 
 def create_router() -> APIRouter:
@@ -42,16 +48,19 @@ def create_router() -> APIRouter:
     router.add_api_route("", list_models, methods=["GET"], operation_id="listManagedModels",
                          response_model=ManagedModelList)
     router.add_api_route("", pull_model, methods=["POST"], operation_id="pullModel",
-                         openapi_extra=request_body(PullModelRequest),
-                         responses={200: success_response(("text/event-stream",))})
+                         openapi_extra=request_body(PullModelRequest), dependencies=ADMIN_ONLY["dependencies"],
+                         responses={200: success_response(("text/event-stream",)), **ADMIN_ONLY["responses"]})
     router.add_api_route("/{model_id:path}/load", load_model, methods=["POST"], operation_id="loadModel",
-                         response_model=ManagedModel, openapi_extra=request_body(LoadModelRequest))
-    router.add_api_route("/{model_id:path}/unload", unload_model, methods=["POST"], operation_id="unloadModel")
+                         response_model=ManagedModel, openapi_extra=request_body(LoadModelRequest), **ADMIN_ONLY)
+    router.add_api_route("/{model_id:path}/unload", unload_model, methods=["POST"], operation_id="unloadModel",
+                         **ADMIN_ONLY)
     router.add_api_route("/{model_id:path}", get_model, methods=["GET"], operation_id="getManagedModel",
                          response_model=ManagedModel)
     router.add_api_route("/{model_id:path}", configure_model, methods=["PATCH"], operation_id="configureModel",
-                         response_model=ManagedModel, openapi_extra=request_body(ConfigureModelRequest))
-    router.add_api_route("/{model_id:path}", delete_model, methods=["DELETE"], operation_id="deleteModel")
+                         response_model=ManagedModel, openapi_extra=request_body(ConfigureModelRequest),
+                         **ADMIN_ONLY)
+    router.add_api_route("/{model_id:path}", delete_model, methods=["DELETE"], operation_id="deleteModel",
+                         **ADMIN_ONLY)
     return router
 
 
@@ -107,20 +116,27 @@ async def delete_model(request: Request, model_id: str) -> dict[str, Any]:
 async def pull_model(request: Request) -> StreamingResponse:
     """Pull in a thread and stream the store's progress events; the last one holds the model."""
     pull = PullModelRequest.model_validate(await read_json(request))
-    return sse_response(_pull_events(request, pull))
+    check_pull(pull.source, pull.kind, pull.revision, pull.files)
+    if pull.name is not None:
+        check_name(pull.name)
+    local = await run_in_threadpool(local_source, pull.source, request.app.state.settings.import_dirs)
+    return sse_response(_pull_events(request, pull, local))
 
 
-async def _pull_events(request: Request, pull: PullModelRequest) -> AsyncIterator[dict[str, Any]]:
+async def _pull_events(request: Request, pull: PullModelRequest, local: Path | None) -> AsyncIterator[dict[str, Any]]:
     paths = request.app.state.settings.paths
+    source = pull.source if local is None else str(local)
+    gone, stopping = threading.Event(), request.app.state.stopping  # from_thread sets `gone` when the client goes
 
-    def work(put: Callable[[Any], None]) -> None:  # a client that goes away does not stop the download
+    def work(put: Callable[[Any], None]) -> None:  # stops with its client or the server; the partial stays
         store = Store(paths)
         try:
-            put(store.pull(pull.source, pull.name, pull.kind, pull.revision, pull.files, progress=put))
+            put(store.pull(source, pull.name, pull.kind, pull.revision, pull.files, progress=put,
+                           hub_only=local is None, cancelled=lambda: gone.is_set() or stopping.is_set()))
         finally:
             store.close()
 
-    async for item in from_thread(work, threading.Event()):
+    async for item in from_thread(work, gone):
         if isinstance(item, ModelRecord):
             yield {"event": "success", "model": managed_model(item, None).model_dump()}
             return
@@ -130,15 +146,7 @@ async def _pull_events(request: Request, pull: PullModelRequest) -> AsyncIterato
 async def read_json(request: Request) -> dict[str, Any]:
     """A JSON object body; an empty body is an empty object."""
     body = await request.body()
-    if not body.strip():
-        return {}
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise InvalidRequestError(JSON_PARSE_MESSAGE) from None
-    if not isinstance(data, dict):
-        raise InvalidRequestError(JSON_PARSE_MESSAGE)
-    return data
+    return parse_json_body(body) if body.strip() else {}
 
 
 def managed_model(record: ModelRecord, worker: dict[str, Any] | None) -> ManagedModel:

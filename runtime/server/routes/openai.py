@@ -6,7 +6,6 @@ and `/v1`. The worker parses the body again; validating here means bad requests 
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -14,7 +13,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import ValidationError
 
 from runtime.errors import InvalidRequestError, ModelNotFoundError
-from runtime.http.errors import JSON_PARSE_MESSAGE, validation_error
+from runtime.http.errors import validation_error
+from runtime.http.jsonbody import parse_json_body
 from runtime.http.multipart import form_to_dict
 from runtime.options import parse_keep_alive
 from runtime.protocol.common import OpenAIRequest
@@ -23,7 +23,7 @@ from runtime.protocol.requests import REQUEST_SCHEMAS
 from runtime.server.auth import require_api_key
 from runtime.server.openapi import ERROR_RESPONSES, request_body, success_response
 from runtime.server.proxy import ProxyResponse, forward_headers
-from runtime.spec import API_PREFIXES, ENDPOINTS, KINDS, WORKER_PREFIX, Endpoint
+from runtime.spec import API_PREFIXES, ENDPOINTS, KINDS, WORKER_PREFIX, Endpoint, served_apis
 from runtime.store.registry import ModelRecord
 
 log = logging.getLogger("stacklet")
@@ -55,7 +55,7 @@ def _handler(endpoint: Endpoint, prefix: str) -> Any:
     async def handle(request: Request) -> Response:
         body = await request.body()
         payload, content_type = await _parse(request, body, endpoint)
-        record = _resolve(request, payload.model, endpoint)
+        record = resolve_model(request, payload.model, endpoint)
         keep_alive = (payload.model_extra or {}).get("keep_alive")
         keep = None if keep_alive is None else parse_keep_alive(keep_alive)
         lease = request.app.state.scheduler.lease(record.name, keep)
@@ -73,18 +73,13 @@ async def _parse(request: Request, body: bytes, endpoint: Endpoint) -> tuple[Ope
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if endpoint.multipart and content_type in FORM_TYPES:
         async with request.form() as form:  # parses the buffered body; closes the spooled files after
-            return _validate(request, schema, form_to_dict(form)), request.headers.get("content-type")
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise InvalidRequestError(JSON_PARSE_MESSAGE) from None
-    if not isinstance(data, dict):
-        raise InvalidRequestError(JSON_PARSE_MESSAGE)
+            return validate_request(request, schema, form_to_dict(form)), request.headers.get("content-type")
+    data = parse_json_body(body)
     # A JSON body is JSON whatever the client labelled it (curl -d sends a form type); say so downstream.
-    return _validate(request, schema, data), "application/json"
+    return validate_request(request, schema, data), "application/json"
 
 
-def _validate(request: Request, schema: type[OpenAIRequest], data: dict[str, Any]) -> OpenAIRequest:
+def validate_request(request: Request, schema: type[OpenAIRequest], data: dict[str, Any]) -> OpenAIRequest:
     try:
         payload = schema.model_validate(data)
     except ValidationError as exc:
@@ -101,7 +96,7 @@ def _validate(request: Request, schema: type[OpenAIRequest], data: dict[str, Any
     return payload
 
 
-def _resolve(request: Request, name: str, endpoint: Endpoint) -> ModelRecord:
+def resolve_model(request: Request, name: str, endpoint: Endpoint) -> ModelRecord:
     record = request.app.state.registry.find(name)
     if record is None:
         raise ModelNotFoundError(name)
@@ -130,6 +125,7 @@ def workers_by_model(request: Request) -> dict[str, dict[str, Any]]:
 
 def openai_model(record: ModelRecord, worker: dict[str, Any] | None) -> Model:
     facts = {**record.metadata, **((worker or {}).get("engine") or {})}
-    meta = {"kind": record.kind, "capabilities": sorted(KINDS[record.kind].capabilities)}
+    capabilities = KINDS[record.kind].capabilities
+    meta = {"kind": record.kind, "capabilities": sorted(capabilities), "apis": served_apis(capabilities)}
     meta.update({key: facts[key] for key in META_KEYS if key in facts})
     return Model(id=record.name, created=record.created, meta=meta)
