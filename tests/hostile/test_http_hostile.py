@@ -402,6 +402,13 @@ def test_ten_megabyte_strings(served, fields, status):
         assert_envelope(response, status)
 
 
+@pytest.mark.parametrize("source", [TEN_MB, "/" + TEN_MB, "owner/" + TEN_MB], ids=["bare", "path", "repo"])
+def test_ten_megabyte_pull_sources(served, source):
+    """Each of these once put a 10 MB traceback line in the log (a file name too long to stat)."""
+    response = httpx.post(f"{served.root}/v1/models", headers=served.auth, timeout=WAIT_S, json={"source": source})
+    assert_envelope(response, 400)
+
+
 def test_a_megabyte_url_is_a_400(served):
     data = (f"POST /v1/models/{'y' * 1_000_000}/load HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
             f"Authorization: Bearer {served.key}\r\n\r\n").encode()
