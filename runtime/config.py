@@ -118,10 +118,16 @@ class Settings:
     max_body_bytes: int = 25 * 1024 * 1024  # JSON bodies and uploads (OpenAI's audio limit)
     cors_origins: tuple[str, ...] = ("*",)
     allowed_hosts: tuple[str, ...] = ()  # Host header names served besides the bind address (and localhost)
+    read_timeout: float = 30.0  # seconds a client may take to send headers, or pause within a body
+    write_timeout: float = 60.0  # seconds a client may leave a response unread before it is dropped
+    max_connections: int = 1000  # open client connections; past it a new one gets a 503
     strict_params: bool = False  # reject unknown request fields like OpenAI does
     image_url_ttl: float = 3600.0  # seconds a generated image stays fetchable by URL
+    image_fetch_private: bool = False  # chat image URLs may name loopback, link-local and private addresses
     response_ttl: float = 30 * 86400.0  # seconds a stored Responses answer stays retrievable
     import_dirs: tuple[str, ...] = ()  # directories the management API may import local files from
+    remote_check_interval: float = 10.0  # seconds between active health checks of remote upstreams
+    hub: str = "huggingface"  # where `owner/repo` pulls from: huggingface or modelscope
     engine: EngineOptions = field(default_factory=EngineOptions)
     paths: Paths = field(default_factory=lambda: Paths.resolve(None))
 

@@ -23,8 +23,9 @@ class Kind:
 
 
 KINDS = {kind.name: kind for kind in (
-    Kind("llm", "llama", frozenset({"chat", "completions", "embeddings"}), 4),
-    Kind("embedding", "llama", frozenset({"embeddings"}), 4),
+    Kind("llm", "llama", frozenset({"chat", "completions", "embeddings", "tokenize", "detokenize"}), 4),
+    Kind("embedding", "llama", frozenset({"embeddings", "tokenize", "detokenize"}), 4),
+    Kind("rerank", "llama", frozenset({"rerank", "tokenize", "detokenize"}), 4),  # cross-encoders (rank pooling)
     Kind("image", "diffusion", frozenset({"images", "image_edits"}), 1),
     Kind("speech", "piper", frozenset({"speech"}), 1),
     Kind("transcription", "whisper", frozenset({"transcriptions", "translations"}), 1),
@@ -52,6 +53,9 @@ ENDPOINTS = (
              media_types=("application/json", "text/plain", "text/event-stream")),
     Endpoint("/audio/translations", "translations", "createTranslation", multipart=True,
              media_types=("application/json", "text/plain")),
+    Endpoint("/rerank", "rerank", "createRerank", media_types=("application/json",)),
+    Endpoint("/tokenize", "tokenize", "tokenize", media_types=("application/json",)),
+    Endpoint("/detokenize", "detokenize", "detokenize", media_types=("application/json",)),
 )
 # The agent APIs, served by the server on top of a model's chat capability (runtime/agents/).
 AGENT_APIS = {"/responses": "chat", "/messages": "chat"}
@@ -63,6 +67,15 @@ def served_apis(capabilities: frozenset[str]) -> list[str]:
     """The API paths a model with `capabilities` answers on, e.g. ["/chat/completions", "/responses"]."""
     paths = [e.path for e in ENDPOINTS if e.capability in capabilities]
     return paths + [path for path, needs in AGENT_APIS.items() if needs in capabilities]
+
+
+def model_capabilities(kind: str, metadata: dict[str, Any]) -> frozenset[str]:
+    """What a registered model serves: its kind's capabilities, and "vision" (image input to chat) when
+    it came with an mmproj projector."""
+    capabilities = KINDS[kind].capabilities
+    if "chat" in capabilities and metadata.get("has_mmproj"):
+        return capabilities | {"vision"}
+    return capabilities
 
 
 def worker_path(capability: str) -> str:
@@ -77,16 +90,18 @@ class WorkerLimits:
     max_upload_bytes: int = 25 * 1024 * 1024
     image_dir: Path | None = None  # where `response_format: url` images go, served by the server
     image_url_ttl: float = 3600.0
+    image_fetch_private: bool = False  # chat image URLs may name loopback, link-local and private addresses
 
     def to_json(self) -> dict[str, Any]:
         return {"max_upload_bytes": self.max_upload_bytes, "image_url_ttl": self.image_url_ttl,
-                "image_dir": None if self.image_dir is None else str(self.image_dir)}
+                "image_dir": None if self.image_dir is None else str(self.image_dir),
+                "image_fetch_private": self.image_fetch_private}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> WorkerLimits:
         image_dir = data.get("image_dir")
         return cls(int(data["max_upload_bytes"]), None if image_dir is None else Path(image_dir),
-                   float(data["image_url_ttl"]))
+                   float(data["image_url_ttl"]), bool(data.get("image_fetch_private", False)))
 
 
 @dataclass(frozen=True)

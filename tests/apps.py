@@ -11,12 +11,20 @@ from runtime.config import Settings
 from runtime.http.errors import install_error_handlers
 from runtime.server.routes import files
 from runtime.spec import WorkerLimits
-from runtime.worker import audio, images, text
+from runtime.worker import audio, images, rerank, text, tokenize
 from runtime.worker.stats import Stats
 
 
-def text_app(engine: Any) -> FastAPI:
-    return _app(text.create_router(engine, Stats()))
+def text_app(engine: Any, limits: WorkerLimits | None = None) -> FastAPI:
+    return _app(text.create_router(engine, Stats(), limits))
+
+
+def rerank_app(engine: Any) -> FastAPI:
+    return _app(rerank.create_router(engine, Stats()))
+
+
+def tokenize_app(engine: Any) -> FastAPI:
+    return _app(tokenize.create_router(engine, Stats()))
 
 
 def audio_app(engine: Any, limits: WorkerLimits | None = None) -> FastAPI:

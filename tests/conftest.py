@@ -26,13 +26,30 @@ def smollm_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm_mmproj() -> Path:
+    """A random-weight LLaVA projector for SmolLM2 (cli/demo_models.py): images change answers, meaninglessly."""
+    return testmodels.smollm_mmproj()
+
+
+@pytest.fixture(scope="session")
 def minilm_gguf() -> Path:
     return testmodels.minilm_gguf()
 
 
 @pytest.fixture(scope="session")
+def minilm_reranker_gguf() -> Path:
+    """MiniLM's encoder under a seeded cross-encoder head (cli/demo_models.py): reranks, meaninglessly."""
+    return testmodels.minilm_reranker_gguf()
+
+
+@pytest.fixture(scope="session")
 def whisper_dir() -> Path:
     return testmodels.whisper_dir()
+
+
+@pytest.fixture(scope="session")
+def whisper_base_dir() -> Path:
+    return testmodels.whisper_base_dir()
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +115,18 @@ def smollm_engine(smollm_gguf: Path) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def smollm_vision_engine(smollm_gguf: Path, smollm_mmproj: Path) -> Iterator[Any]:
+    """A real LlamaEngine on SmolLM2-135M-Instruct with its (random-weight) vision projector."""
+    from runtime.engines.llama.engine import LlamaEngine
+    from runtime.spec import ModelSpec
+
+    files = {"model": smollm_gguf, "mmproj": smollm_mmproj}
+    engine = LlamaEngine(ModelSpec("SmolLM2-135M-vision", "llm", "llama", files, {"has_mmproj": True}))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
 def minilm_engine(minilm_gguf: Path) -> Iterator[Any]:
     """A real LlamaEngine on all-MiniLM-L6-v2 (embeddings only)."""
     from runtime.engines.llama.engine import LlamaEngine
@@ -118,7 +147,8 @@ def text_app() -> Callable[[Any], Any]:
 
 # Markers, set from what a test uses: `-m real_engine` runs the behaviour tests on real small models,
 # `-m fake_engine` the plumbing tests on the fake engine.
-REAL_MODELS = {"smollm_gguf", "minilm_gguf", "whisper_dir", "piper_voice", "sd15_checkpoint", "taesd"}
+REAL_MODELS = {"smollm_gguf", "smollm_mmproj", "minilm_gguf", "minilm_reranker_gguf", "whisper_dir", "whisper_base_dir",
+               "piper_voice", "sd15_checkpoint", "taesd"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

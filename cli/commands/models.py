@@ -13,7 +13,9 @@ import typer
 from cli import options, output
 from cli.output import say
 from runtime.errors import InvalidRequestError, StackletError
-from runtime.spec import KINDS
+from runtime.spec import KINDS, model_capabilities
+from runtime.store.fit import POLICIES
+from runtime.store.search import TAGS as SEARCH_TAGS
 
 if TYPE_CHECKING:
     from runtime.store.registry import ModelRecord
@@ -21,22 +23,30 @@ if TYPE_CHECKING:
 
 
 Kind = Enum("Kind", {name: name for name in KINDS}, type=str)  # the choices of --kind
+QuantPolicy = Enum("QuantPolicy", {name: name for name in POLICIES}, type=str)  # the choices of --quant
 KindOption = typer.Option(None, "--kind", help="Override the detected kind.")
 FileOption = typer.Option(None, "--file", "-f", help="File name or glob in the repo (repeatable).")
+QuantOption = typer.Option(None, "--quant", help="Without a :QUANT in SOURCE: fit (the largest that fits this "
+                           "machine's memory; the default), smallest or largest.")
 
-PULL_HELP = """Pull a model from Hugging Face, or import a local file or folder, into the store.
+PULL_HELP = """Pull a model from Hugging Face or ModelScope, or import a local file or folder, into the store.
 
-SOURCE is `hf.co/owner/repo:QUANT`, `owner/repo[:QUANT]` (default quant Q4_K_M, else the nearest
-available), `owner/repo --file GLOB` (repeatable; companions such as a VAE or TAESD), or a path.
-Sharded GGUFs bring every shard, vision models their mmproj, Piper voices their .onnx.json.
-Ctrl-C keeps the partial download: run the same command again to resume.
+SOURCE is `hf.co/owner/repo:QUANT`, `modelscope.cn/owner/repo:QUANT` (or `ms://owner/repo`),
+`owner/repo[:QUANT]` (from Hugging Face, or ModelScope with STACKLET_HUB=modelscope), `owner/repo
+--file GLOB` (repeatable; companions such as a VAE or TAESD), or a path. Without a QUANT the pull
+takes the largest quant whose weights and KV cache fit this machine's free VRAM (RAM without a GPU)
+and says why; --quant smallest|largest overrides. Sharded GGUFs bring every shard, vision models
+their mmproj, Piper voices their .onnx.json. Ctrl-C keeps the partial download: run the same
+command again to resume. --dry-run shows the files, sizes and quant choice without downloading.
 
 With --json, one JSON object per line, keyed by "event":
 
 \b
-  resolved    {model, source, repo|path, revision, commit, files: [{path, role, size}], total_bytes}
+  resolved    {model, source, repo|path, revision, commit, files: [{path, role, size}], total_bytes,
+               choice: {quant, policy, weights, kv_cache, need, free, memory, reason} (when chosen)}
   file_start  {file, size}
   progress    {file, bytes, size}
+  restarted   {file, discarded}  (the hub would not resume a partial download: it starts over)
   file_done   {file, size}
   verified    {file, sha256}
   registered  {model, kind, size, files}
@@ -52,18 +62,27 @@ def _store() -> Store:
 
 
 def pull(
-    source: str = typer.Argument(..., help="owner/repo[:QUANT], hf.co/owner/repo[:QUANT], or a local path."),
+    source: str = typer.Argument(..., help="owner/repo[:QUANT], hf.co/..., modelscope.cn/... or "
+                                                "ms://owner/repo, or a local path."),
     name: str | None = typer.Option(None, "--name", "-n", help="Name to register (default: from the repo or file)."),
     kind: Kind | None = KindOption,
-    revision: str | None = typer.Option(None, "--revision", help="Branch, tag or commit (default: main)."),
+    revision: str | None = typer.Option(None, "--revision", help="Branch, tag or commit (default: main; "
+                                                                 "master on ModelScope)."),
     files: list[str] | None = FileOption,
-    token: str | None = typer.Option(None, "--token", help="Hugging Face token for gated repos (default: HF_TOKEN).",
-                                     show_default=False),
+    token: str | None = typer.Option(None, "--token", help="Hub token for gated or private repos (default: HF_TOKEN, "
+                                     "or MODELSCOPE_API_TOKEN for ModelScope).", show_default=False),
+    quant: QuantPolicy | None = QuantOption,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the files, sizes and quant choice; download nothing."),
     as_json: options.JsonOption = False,
 ) -> None:
     store = _store()
+    policy = quant.value if quant else None
+    if dry_run:
+        _dry_run(store, source, {"name": name, "revision": revision, "files": files or None, "token": token,
+                                 "quant": policy}, as_json)
+        return
     request: dict[str, Any] = {"name": name, "kind": kind.value if kind else None, "revision": revision,
-                               "files": files or None, "token": token}
+                               "files": files or None, "token": token, "quant": policy}
     try:
         record = _pull_json(store, source, request) if as_json else _pull_with_bars(store, source, request)
     except KeyboardInterrupt:
@@ -75,6 +94,22 @@ def pull(
             f"Next: stacklet show {record.name}",
             highlight=False,
         )
+
+
+def _dry_run(store: Store, source: str, request: dict[str, Any], as_json: bool) -> None:
+    if Path(source).expanduser().exists():
+        raise InvalidRequestError(f"{source} is a local path: --dry-run shows what a hub pull would download.")
+    plan = store.plan(source, **request)
+    if as_json:
+        output.print_json(plan)
+        return
+    say(f"Would pull [bold]{plan['model']}[/] from {_hub_name(plan['source'])}/{plan['repo']} "
+        f"({output.human_size(plan['total_bytes'])}):")
+    output.listing(["ROLE", "FILE", "SIZE"], [[f["role"], f["path"], output.human_size(f["size"])]
+                                              for f in plan["files"]])
+    if plan.get("choice"):
+        say(plan["choice"]["reason"], markup=False)
+    say("Nothing was downloaded. Run it again without --dry-run to pull.")
 
 
 def _pull_json(store: Store, source: str, request: dict[str, Any]) -> ModelRecord:
@@ -106,9 +141,11 @@ class _PullView:
     def on_event(self, event: dict[str, Any]) -> None:
         kind = event["event"]
         if kind == "resolved":
-            where = event.get("repo") or event.get("path")
+            where = f"{_hub_name(event['source'])}/{event['repo']}" if event.get("repo") else event.get("path")
             self.progress.console.print(f"Pulling [bold]{event['model']}[/] from {where}", highlight=False,
                                         soft_wrap=True)
+            if event.get("choice"):
+                self.progress.console.print(event["choice"]["reason"], markup=False, highlight=False, soft_wrap=True)
             if len(event["files"]) > 1:
                 self.total_task = self.progress.add_task("total", total=event["total_bytes"])
         elif kind == "file_start":
@@ -123,6 +160,10 @@ class _PullView:
             self.progress.update(self.file_tasks[event["file"]], completed=event["size"])
         elif kind == "verified":
             self.progress.console.print(f"  verified {event['file']} sha256:{event['sha256'][:16]}", highlight=False)
+        elif kind == "restarted":
+            self.progress.console.print(f"  {event['file']}: the hub would not resume the partial download; "
+                                        f"starting over ({output.human_size(event['discarded'])} discarded)",
+                                        highlight=False, soft_wrap=True)
 
 
 def list_models(as_json: options.JsonOption = False) -> None:
@@ -140,7 +181,7 @@ def list_models(as_json: options.JsonOption = False) -> None:
         return
     rows = [[r.name, r.kind, output.human_size(r.size), _detail(r.metadata), _where(r.source), _age(r.created)]
             for r in records]
-    output.table(["NAME", "KIND", "SIZE", "DETAIL", "SOURCE", "PULLED"], rows)
+    output.listing(["NAME", "KIND", "SIZE", "DETAIL", "SOURCE", "PULLED"], rows)
 
 
 def _model_names(incomplete: str) -> list[str]:
@@ -170,7 +211,8 @@ def show(name: str = NameArgument, as_json: options.JsonOption = False) -> None:
     template = meta.pop("chat_template", None)
     summary = [["name", record.name], ["kind", record.kind], ["engine", record.engine],
                ["size", output.human_size(record.size)], ["source", _where(record.source)],
-               ["options", _options_text(record) or "(defaults)"]]
+               ["options", _options_text(record) or "(defaults)"],
+               ["capabilities", ", ".join(sorted(model_capabilities(record.kind, record.metadata)))]]
     summary += [[key, value] for key, value in meta.items() if value not in (None, "", [])]
     output.table(["", ""], summary, title=record.name)
     output.table(["ROLE", "FILE", "SIZE", "SHA256"],
@@ -279,14 +321,20 @@ def _detail(meta: dict[str, Any]) -> str:
     parts = [meta.get("architecture") or meta.get("family"), meta.get("quantization"), meta.get("language")]
     if meta.get("context_length"):
         parts.append(f"ctx {meta['context_length']}")
+    if meta.get("has_mmproj"):
+        parts.append("vision")
     return " ".join(str(p) for p in parts if p)
 
 
 def _where(source: dict[str, Any]) -> str:
-    if source.get("type") == "hf":
+    if source.get("type") in ("hf", "ms"):
         quant = f":{source['quant']}" if source.get("quant") else ""
-        return f"hf.co/{source.get('repo')}{quant}"
+        return f"{_hub_name(source['type'])}/{source.get('repo')}{quant}"
     return str(source.get("path") or source.get("type"))
+
+
+def _hub_name(source_type: str) -> str:
+    return "modelscope.cn" if source_type == "ms" else "hf.co"
 
 
 def _age(created: int) -> str:
@@ -297,8 +345,48 @@ def _age(created: int) -> str:
     return "just now"
 
 
+SearchKind = Enum("SearchKind", {name: name for name in SEARCH_TAGS}, type=str)  # the choices of search --kind
+SearchKindOption = typer.Option("llm", "--kind", help="What to look for: GGUF models (llm, embedding), image, "
+                                "speech (Piper) or transcription (faster-whisper).")
+
+
+def search(query: str = typer.Argument(..., help="A word of the repo name, e.g. SmolLM2 or Qwen2.5."),
+           kind: SearchKind = SearchKindOption,
+           limit: int = typer.Option(10, "--limit", help="Most repos to look at (1 to 50; one request each)."),
+           token: str | None = typer.Option(None, "--token", help="Hugging Face token (default: HF_TOKEN).",
+                                            show_default=False),
+           as_json: options.JsonOption = False) -> None:
+    """Search Hugging Face for models stacklet can pull: GGUF repos with their quants and sizes, or voices,
+    transcription and image models. Most downloaded first.
+
+    --json prints an array: {repo, downloads, format (gguf, piper, whisper, diffusion), quants: [{quant, size}],
+    size (non-GGUF: the model's files), pull (what to give `stacklet pull`)}.
+    """
+    from runtime.config import Settings
+    from runtime.store.search import search as search_hub
+
+    found = search_hub(Settings.load().paths.models, query, kind.value, limit, token)
+    if as_json:
+        output.print_json(found)
+        return
+    if not found:
+        say(f"No {kind.value} repos on the hub match '{query}'. Try a shorter word or another --kind.", markup=False)
+        return
+    output.listing(["REPO", "FORMAT", "QUANTS / SIZE", "DOWNLOADS"],
+                   [[f["repo"], f["format"], _offer(f), f["downloads"]] for f in found])
+    say("Pull one: stacklet pull hf.co/OWNER/REPO[:QUANT] (without a quant, the largest that fits this machine).",
+        markup=False)
+
+
+def _offer(found: dict[str, Any]) -> str:
+    if found["quants"]:
+        return ", ".join(f"{q['quant']} {output.human_size(q['size'])}" for q in found["quants"])
+    return output.human_size(found["size"])
+
+
 def register(app: typer.Typer) -> None:
     app.command(help=PULL_HELP)(pull)
+    app.command()(search)
     app.command("list")(list_models)
     app.command()(show)
     app.command()(rm)

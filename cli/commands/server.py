@@ -99,15 +99,21 @@ def logs(
 
 
 def ps(as_json: options.JsonOption = False) -> None:
-    """Loaded models: worker pid, memory, queue, active requests, time until unload, options in effect.
+    """Loaded models: worker pid, memory, queue, active requests, time until unload, options in effect;
+    and remote targets: health, latency, in-flight requests, models (in --json, entries with type "remote").
 
     The options are the ones the worker was loaded with; options stored since (`stacklet set`) apply
     when the model reloads.
     """
+    from cli.commands.routes import live_remotes, remote_row
+
     workers = loaded_models()
+    remotes = live_remotes() or []
     if as_json:
-        output.print_json(workers)
+        output.print_json(workers + [{"type": "remote", **remote} for remote in remotes])
         return
+    if remotes:
+        output.listing(["remote", "url", "health", "latency", "in flight", "models"], [remote_row(r) for r in remotes])
     if not workers:
         say("No models are loaded. A model loads on its first request.")
         return
@@ -119,7 +125,7 @@ def ps(as_json: options.JsonOption = False) -> None:
          " ".join(f"{k}={v}" for k, v in sorted(w.get("options", {}).items()))]
         for w in workers
     ]
-    output.table(["model", "state", "pid", "memory", "queue", "active", "kv cache", "unloads in", "options"], rows)
+    output.listing(["model", "state", "pid", "memory", "queue", "active", "kv cache", "unloads in", "options"], rows)
 
 
 def _kv_use(worker: dict[str, Any]) -> str:
@@ -168,6 +174,7 @@ def run_foreground(overrides: dict[str, Any]) -> None:
     paths = settings.paths.ensure()
     state.refuse_second_server(paths)
     check_port_free(settings.host, settings.port)
+    say(playground_line(state.ServerInfo(0, settings.host, settings.port, 0).url).strip(), markup=False)
     raise typer.Exit(server_main.main(server_args(overrides)))
 
 
@@ -248,11 +255,15 @@ def _start_failure(log_path: Any, log_start: int) -> str:
 def _print_ready(url: str, auth: bool) -> None:
     header = ' -H "Authorization: Bearer $STACKLET_API_KEY"' if auth else ""
     lines = [f"stacklet server running at {url}", f"  OpenAI base URL: {url}/v1",
-             f"  Try it: curl {url}/v1-openai/models{header}"]
+             f"  Try it: curl {url}/v1-openai/models{header}", playground_line(url)]
     if auth:
         lines.append("  (create a key with `stacklet keys create`)")
     lines.append("  Logs: `stacklet logs -f`   Loaded models: `stacklet ps`   Stop: `stacklet stop`")
     say("\n".join(lines), markup=False)
+
+
+def playground_line(url: str) -> str:
+    return f"  Playground: {url}/playground (`stacklet open` opens it signed in)"
 
 
 def server_status() -> dict[str, Any]:

@@ -35,7 +35,7 @@ def register(test_app: typer.Typer) -> None:
 def test_chat(model: str = typer.Argument(..., help="Chat model to test."), base_url: BaseUrlOption = None,
               api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
     """Chat completions: plain, streamed with usage, a forced tool call, a custom tool with a grammar and a
-    JSON schema answer."""
+    JSON schema answer; for a model that takes images, two images that must give different answers."""
     client = openai_client(base_url, api_key)
     report = Report(f"chat: {model}")
     with report.check("chat") as check:
@@ -76,7 +76,44 @@ def test_chat(model: str = typer.Argument(..., help="Chat model to test."), base
         answer = json.loads(result.choices[0].message.content or "")
         _expect(isinstance(answer.get("colour"), str), "the answer does not match the schema")
         check.detail = result.choices[0].message.content or ""
+    if "vision" in _capabilities(client, model):
+        with report.check("image input") as check:
+            _check_images(check, client, model)
     report.finish(as_json)
+
+
+def _capabilities(client: Any, model: str) -> list[str]:
+    meta = (client.models.retrieve(model).model_extra or {}).get("meta") or {}
+    return meta.get("capabilities") or []
+
+
+def _check_images(check: Check, client: Any, model: str) -> None:
+    """A red and a blue square, same question, temperature 0: the answers differ, image tokens are counted."""
+    question = "What colour is this image? Answer in one word."
+    text_only = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                               max_tokens=1, temperature=0).usage.prompt_tokens
+    answers, prompt_tokens = [], 0
+    for colour in ("red", "blue"):
+        content = [{"type": "text", "text": question},
+                   {"type": "image_url", "image_url": {"url": _square(colour), "detail": "low"}}]
+        result = client.chat.completions.create(model=model, messages=[{"role": "user", "content": content}],
+                                                max_tokens=16, temperature=0)
+        answers.append(result.choices[0].message.content or "")
+        prompt_tokens = result.usage.prompt_tokens
+    _expect(prompt_tokens > text_only, "usage does not count the image's tokens")
+    _expect(answers[0] != answers[1], "a red and a blue image gave the same answer")
+    check.detail = f"{prompt_tokens - text_only} image tokens; red: {answers[0][:24]!r}, blue: {answers[1][:24]!r}"
+
+
+def _square(colour: str) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), colour).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def test_completions(model: str = typer.Argument(..., help="Model to test."), base_url: BaseUrlOption = None,

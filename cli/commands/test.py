@@ -31,10 +31,11 @@ def test_models(base_url: BaseUrlOption = None, api_key: ApiKeyOption = None, as
 
 
 def register(app: typer.Typer) -> None:
-    from cli.commands import smoke_agents, smoke_audio, smoke_images, smoke_text
+    from cli.commands import smoke_agents, smoke_audio, smoke_images, smoke_rerank, smoke_text
 
     smoke_images.register(test_app)
     smoke_audio.register(test_app)
     smoke_text.register(test_app)
+    smoke_rerank.register(test_app)
     smoke_agents.register(test_app)
     app.add_typer(test_app, name="test")

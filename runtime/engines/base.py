@@ -84,6 +84,7 @@ def check_generation(prompt: list[int], n: int, *, parallel: int, context_length
 @runtime_checkable
 class TextEngine(Protocol):
     context_length: int
+    parallel: int  # choices decoded at once (--parallel); 0 for an embedding model
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]: ...
 

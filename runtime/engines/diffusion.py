@@ -173,7 +173,8 @@ class DiffusionEngine:
                     raise EngineError(f"Image generation failed: {exc}") from exc
             if not images:
                 raise EngineError("Image generation failed: the engine returned no image.")
-            yield images[0].convert("RGB")
+            image = images[0].convert("RGB")
+            yield image if mask is None else _keep_unmasked(image, init, mask)
 
     def info(self) -> dict[str, Any]:
         d = self.defaults
@@ -185,6 +186,15 @@ class DiffusionEngine:
 
     def close(self) -> None:
         self._sd.close()
+
+
+def _keep_unmasked(generated: Any, original: Any, mask: Any) -> Any:
+    """The original where the mask keeps it: samplers repaint the whole image, and OpenAI edits only where the
+    mask is transparent (white here). The edge is feathered so the repainted area blends in."""
+    from PIL import Image, ImageFilter
+
+    radius = max(1, min(mask.size) // 128)
+    return Image.composite(generated, original, mask.filter(ImageFilter.GaussianBlur(radius)))
 
 
 def _choice(param: str, value: str | None, allowed: list[str]) -> str | None:

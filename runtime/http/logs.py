@@ -9,9 +9,13 @@ through this handler too.
 from __future__ import annotations
 
 import logging
+import re
 from types import TracebackType
 
 MAX_LOG_CHARS = 2000
+# A client may put a key in the query string (`?api_key=`, `?token=`); uvicorn logs each request's full path.
+SECRET_QUERY = re.compile(r"([?&][^=&#]*(?:key|token|secret|password|passwd|auth|signature|sig)[^=&#]*=)[^&#]*",
+                          re.IGNORECASE)
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
 
@@ -29,7 +33,24 @@ class CappedFormatter(logging.Formatter):
         return "\n".join(cut(line) for line in super().formatException(ei).split("\n"))
 
 
+def redact_query(path: str) -> str:
+    return SECRET_QUERY.sub(r"\1***", path)
+
+
+class SecretQueryFilter(logging.Filter):
+    """Hides secret-looking query values in uvicorn's access records (args: client, method, path, version,
+    status)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) >= 3:
+            args = list(record.args)
+            args[2] = redact_query(str(args[2]))
+            record.args = tuple(args)
+        return True
+
+
 def setup_logging(fmt: str, level: int = logging.INFO) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(CappedFormatter(fmt))
+    handler.addFilter(SecretQueryFilter())
     logging.basicConfig(level=level, handlers=[handler], force=True)

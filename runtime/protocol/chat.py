@@ -31,7 +31,7 @@ class TextPart(Loose):
 
 class ImageURL(Loose):
     url: str
-    detail: str | None = None
+    detail: Literal["auto", "low", "high"] | None = None  # accepted; the model's projector sets the resolution
 
 
 class ImagePart(Loose):
@@ -88,9 +88,15 @@ AnyToolCall = Annotated[Annotated[ToolCall, Tag("function")] | Annotated[CustomT
                         Discriminator(_call_type)]
 
 
+# Text or a list of parts, decided by the value, so that a bad part is reported as itself (e.g. an image's
+# `detail`) rather than as "content is not a string".
+MessageContent = Annotated[Annotated[str, Tag("str")] | Annotated[list[ContentPart], Tag("list")],
+                           Discriminator(lambda value: "str" if isinstance(value, str) else "list")]
+
+
 class ChatMessage(Loose):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[ContentPart] | None = None
+    content: MessageContent | None = None
     name: str | None = None
     tool_calls: list[AnyToolCall] | None = None
     tool_call_id: str | None = None

@@ -8,6 +8,8 @@ from runtime.protocol.common import OpenAIRequest
 from runtime.protocol.completions import CreateCompletionRequest
 from runtime.protocol.embeddings import CreateEmbeddingRequest
 from runtime.protocol.images import CreateImageEditRequest, CreateImageRequest
+from runtime.protocol.rerank import RerankRequest
+from runtime.protocol.tokenize import DetokenizeRequest, TokenizeRequest
 
 REQUEST_SCHEMAS: dict[str, type[OpenAIRequest]] = {
     "chat": CreateChatCompletionRequest,
@@ -18,4 +20,7 @@ REQUEST_SCHEMAS: dict[str, type[OpenAIRequest]] = {
     "speech": CreateSpeechRequest,
     "transcriptions": CreateTranscriptionRequest,
     "translations": CreateTranslationRequest,
+    "rerank": RerankRequest,
+    "tokenize": TokenizeRequest,
+    "detokenize": DetokenizeRequest,
 }

@@ -1,31 +1,17 @@
-"""How much memory a model needs once loaded, and how much the machine lets us use."""
+"""How much memory the machine lets the server use (the estimate itself is runtime.store.footprint's)."""
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
-from runtime.engines.llama.defaults import chat_context, kv_cache_bytes
+from runtime.engines.llama.defaults import chat_context
 from runtime.errors import InvalidRequestError
 from runtime.options import EngineOptions
+from runtime.store.footprint import OVERHEAD, estimate, gpu_memory, system_ram
 
-log = logging.getLogger("stacklet.scheduler")
+__all__ = ["OVERHEAD", "check_budget", "default_budget", "estimate", "gpu_memory", "system_ram"]
 
-MIB = 1024 * 1024
-OVERHEAD = 256 * MIB  # interpreter, engine library, compute buffers
 RAM_SHARE = 0.8  # leave the rest to the OS and the server itself
-KV_COPIES = {"llm": 2, "embedding": 1}  # a chat model's host cache of idle prefixes matches its KV pool
-
-
-def estimate(kind: str, file_size: int, metadata: dict[str, Any], options: EngineOptions) -> int:
-    """Bytes a loaded model takes: its files, the KV cache for text models (twice for chat models: their
-    host cache of idle prefixes holds as many tokens as the KV pool), and a fixed overhead."""
-    kv_cache = kv_cache_bytes(metadata, options) * KV_COPIES.get(kind, 0)
-    return file_size + kv_cache + OVERHEAD
 
 
 def check_budget(name: str, need: int, budget: int, file_size: int, options: EngineOptions,
@@ -52,27 +38,3 @@ def default_budget(engine: EngineOptions) -> int:
     if engine.n_gpu_layers != "0":
         budget += gpu_memory()
     return budget
-
-
-def system_ram() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def gpu_memory() -> int:
-    """Total memory of the NVIDIA GPUs nvidia-smi reports (0 without one)."""
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return 0
-    try:
-        result = subprocess.run([smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-                                capture_output=True, text=True, timeout=10, check=True)
-        return sum(int(float(line)) for line in result.stdout.split()) * MIB
-    except (OSError, subprocess.SubprocessError, ValueError) as exc:
-        log.warning("nvidia-smi failed (%s); the memory budget counts system RAM only", exc)
-        return 0

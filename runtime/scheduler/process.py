@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import WorkerError
+from runtime.http.logs import cut
 from runtime.scheduler.worker_client import WorkerUnreachable, get_json
 from runtime.spec import ModelSpec
 
@@ -24,6 +25,7 @@ MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes; keep a margin
 LOAD_TIMEOUT_S = 900.0  # big models on slow disks take minutes
 STOP_GRACE_S = 5.0
 STATUS_TIMEOUT_S = 2.0
+OUTPUT_CHUNK = 65536
 
 
 def socket_dir(state: Path) -> Path:
@@ -115,12 +117,25 @@ class WorkerProcess:
         return f"The model '{self.spec.name}' failed to load; see the server log for details."
 
     async def _relay_output(self) -> None:
-        """Copy the worker's log lines into the server's log, keeping the last few for error messages."""
+        """Copy the worker's log lines into the server's log, keeping the last few for error messages.
+
+        Read in chunks, not lines: a line longer than asyncio's line limit would end the relay, and a worker
+        whose output nobody reads blocks on its next write."""
         assert self.process and self.process.stdout
-        async for raw in self.process.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            self._output.append(line)
-            sys.stderr.write(f"[worker {self.spec.name}] {line}\n")
+        pending = b""
+        while chunk := await self.process.stdout.read(OUTPUT_CHUNK):
+            *lines, pending = (pending + chunk).split(b"\n")
+            if len(pending) > OUTPUT_CHUNK:
+                lines, pending = [*lines, pending], b""
+            for raw in lines:
+                self._relay_line(raw)
+        if pending:
+            self._relay_line(pending)
+
+    def _relay_line(self, raw: bytes) -> None:
+        line = cut(raw.decode(errors="replace").rstrip())
+        self._output.append(line)
+        sys.stderr.write(f"[worker {self.spec.name}] {line}\n")
 
     async def poll_status(self) -> bool:
         try:

@@ -228,7 +228,8 @@ class Scheduler:
     def spec_for(self, record: ModelRecord, load_options: EngineOptions | None) -> ModelSpec:
         """Engine options in effect: serve < stored with the model < this load; limits from the settings."""
         options = self.settings.engine.merge(record.options).merge(load_options)
-        limits = WorkerLimits(self.settings.max_body_bytes, self.settings.paths.images, self.settings.image_url_ttl)
+        limits = WorkerLimits(self.settings.max_body_bytes, self.settings.paths.images, self.settings.image_url_ttl,
+                              self.settings.image_fetch_private)
         return replace(record.spec(self.settings.paths), options=options, limits=limits)
 
     async def _load(self, slot: Slot) -> WorkerProcess:

@@ -27,10 +27,12 @@ from runtime.server.middleware import (
     cors_origins,
 )
 from runtime.server.openapi import ERROR_RESPONSES, install_openapi
-from runtime.server.routes import agents, files, health, management, openai
+from runtime.server.routes import agents, aliases, federation, files, health, management, openai, playground
+from runtime.server.upstreams import Upstreams
 from runtime.store.keys import KeyStore
 from runtime.store.registry import Registry
 from runtime.store.responses import ResponseStore
+from runtime.store.routes import RouteStore
 
 EXPOSED_HEADERS = ["x-request-id", "openai-version", "openai-processing-ms"]
 
@@ -46,16 +48,22 @@ def create_app(settings: Settings, *, scheduler: Any = None, registry: Registry 
         scheduler = Scheduler(settings, registry)
     keys = KeyStore(settings.paths)
     stored_responses = ResponseStore(settings.paths, settings.response_ttl)
+    metrics = Metrics()
+    routes = RouteStore(settings.paths)
+    upstreams = Upstreams(routes, metrics, settings.remote_check_interval)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await scheduler.start()
+        await upstreams.start()
         try:
             yield
         finally:
+            await upstreams.shutdown()
             await scheduler.shutdown()
             keys.close()
             stored_responses.close()
+            routes.close()
 
     # The OpenAPI document is served by health's router, behind auth like every route but /health.
     app = FastAPI(title="stacklet", version=health.stacklet_version(), lifespan=lifespan, redirect_slashes=False,
@@ -65,14 +73,16 @@ def create_app(settings: Settings, *, scheduler: Any = None, registry: Registry 
     app.state.scheduler = scheduler
     app.state.keys = keys
     app.state.responses = stored_responses
-    app.state.metrics = Metrics()
+    app.state.metrics = metrics
+    app.state.routes = routes
+    app.state.upstreams = upstreams
     app.state.stopping = threading.Event()  # set as the server begins to stop: streams that never end alone stop
-    for router in (health.create_router(), openai.create_router(), agents.create_router(),
-                   management.create_router()):
+    for router in (health.create_router(), openai.create_router(), aliases.create_router(), agents.create_router(),
+                   management.create_router(), playground.create_router(), federation.create_router()):
         app.include_router(router)
     app.include_router(files.create_router(settings), responses=ERROR_RESPONSES)
     install_error_handlers(app)
-    install_openapi(app, [*REQUEST_SCHEMAS.values(), *agents.AGENT_SCHEMAS])
+    install_openapi(app, [*REQUEST_SCHEMAS.values(), *agents.AGENT_SCHEMAS, *federation.SCHEMAS])
     # Added innermost first: the request context wraps everything, the browser guard refuses foreign hosts
     # and origins, CORS answers the preflights it lets through before auth.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -89,7 +99,7 @@ def run(settings: Settings) -> None:
     The server publishes its own state record, however it was started, so `stacklet status`,
     `stop` and `ps` find it.
     """
-    from runtime.server.framing import EnvelopeHttpToolsProtocol
+    from runtime.server.framing import http_protocol
 
     state.refuse_second_server(settings.paths)
     app = create_app(settings)
@@ -99,7 +109,7 @@ def run(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         _serve(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10,
-               http=EnvelopeHttpToolsProtocol, log_config=None)  # framing.py; logs through http/logs.py
+               http=http_protocol(settings), log_config=None)  # framing.py; logs through http/logs.py
     finally:
         state.retract(settings.paths, pid)
 

@@ -18,7 +18,8 @@ from starlette.types import Receive, Scope, Send
 from runtime.agents.chatstream import ChatEvents, Event, error_detail
 from runtime.errors import StackletError
 from runtime.http.sse import SSE_HEADERS
-from runtime.scheduler.worker_client import WorkerResponse, WorkerUnreachable
+from runtime.scheduler.worker_client import WorkerUnreachable
+from runtime.server.backlog import Backlog, ClientTooSlowError
 from runtime.server.proxy import Lease
 from runtime.server.proxy import _client_gone as client_gone
 from runtime.server.proxy import _no_receive as no_receive
@@ -81,14 +82,14 @@ class TranslatedResponse(Response):
     async def _relay(self, scope: Scope, send: Send) -> None:
         translation = self.translation
         try:
-            socket_path = await self.lease.acquire()
+            reply = await self.lease.open(self.path, self.worker_body, self.worker_headers)
         except StackletError as exc:
             await translation.error(exc.status, exc.to_dict()["error"], exc.headers())(scope, no_receive, send)
             return
         started = False
         released = False
+        backlog = Backlog(send)
         try:
-            reply = await WorkerResponse.open(socket_path, self.path, self.worker_body, self.worker_headers)
             try:
                 if reply.status >= 400:
                     body = b"".join([chunk async for chunk in reply.chunks()])
@@ -99,13 +100,19 @@ class TranslatedResponse(Response):
                 if translation.stream:
                     await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
                     started = True
-                    await _write(send, translation.start())
+                    backlog.write(translation.start())
                 events = ChatEvents()
                 async for chunk in reply.chunks():
                     for event in events.feed(chunk):
                         out = translation.feed(event)
                         if translation.stream:
-                            await _write(send, out)
+                            backlog.write(out)
+            except ClientTooSlowError as exc:
+                log.warning("client too slow on %s; stream cut", self.path)
+                self.lease.release(ok=True)
+                released = True
+                await backlog.close(translation.fail(exc.message))
+                return
             finally:
                 reply.close()
             self.lease.release(ok=True)
@@ -114,7 +121,7 @@ class TranslatedResponse(Response):
             tail = translation.finish() if failure is None else b""
             translation.completed()
             if translation.stream:
-                await send({"type": "http.response.body", "body": tail, "more_body": False})
+                await backlog.close(tail)
             elif failure is not None:
                 await translation.error(500, _server_error(failure), {})(scope, no_receive, send)
             else:
@@ -125,12 +132,13 @@ class TranslatedResponse(Response):
                 self.lease.release(ok=False)
                 released = True
             if started:
-                await send({"type": "http.response.body", "body": translation.fail(WORKER_GONE), "more_body": False})
+                await backlog.close(translation.fail(WORKER_GONE))
             else:
                 await translation.error(500, _server_error(WORKER_GONE), {})(scope, no_receive, send)
         except OSError:  # the server could not write to the client: it went away
             log.info("client disconnected from %s; request cancelled", self.path)
         finally:
+            backlog.cancel()
             if not released:
                 self.lease.release(ok=False)
 
@@ -141,8 +149,3 @@ _SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8")] + [
 
 def _server_error(message: str) -> dict[str, Any]:
     return {"message": message, "type": "server_error", "param": None, "code": None}
-
-
-async def _write(send: Send, data: bytes) -> None:
-    if data:
-        await send({"type": "http.response.body", "body": data, "more_body": True})

@@ -10,7 +10,9 @@ total size limit, so a damaged or hostile file costs a few reads and one clear e
 
 from __future__ import annotations
 
+import io
 import struct
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -63,6 +65,18 @@ def read_header(path: Path) -> GGUFHeader:
         raise StoreError(f"{path.name} is not a usable GGUF file: {exc}. Check it or download it again.") from None
 
 
+def read_prefix(data: bytes) -> GGUFHeader:
+    """The key/values at the start of a header that `data` (a file's first bytes) cuts short: those read
+    before the data ran out or stopped making sense. Enough for the model's dimensions, which GGUF writers
+    put before the token lists; empty when `data` is no GGUF at all."""
+    header = GGUFHeader()
+    reader = _Reader(io.BytesIO(data), len(data))
+    with suppress(_Damaged):
+        _, kv_count = reader.counts()
+        reader.read_values(min(kv_count, MAX_KEYS), header.values)
+    return header
+
+
 class _Damaged(Exception):
     pass
 
@@ -74,19 +88,10 @@ class _Reader:
         self.kept = 0
 
     def header(self) -> GGUFHeader:
-        if self.size < 4 or self.f.read(4) != b"GGUF":
-            raise _Damaged("it does not start with the GGUF magic bytes")
-        version = self.u32()
-        if version not in VERSIONS:
-            raise _Damaged(f"GGUF version {version} is not supported (only {' and '.join(map(str, VERSIONS))})")
-        tensor_count, kv_count = self.u64(), self.u64()
+        tensor_count, kv_count = self.counts()
         self.check_count(kv_count, MAX_KEYS, _MIN_KV_BYTES, "key/value")
         header = GGUFHeader()
-        for _ in range(kv_count):
-            key = self.name()
-            value = self.value(self.u32())
-            if value is not _SKIPPED:
-                header.values[key] = value
+        self.read_values(kv_count, header.values)
         self.check_count(tensor_count, MAX_TENSORS, _MIN_TENSOR_BYTES, "tensor")
         for _ in range(tensor_count):
             name = self.name()
@@ -96,6 +101,22 @@ class _Reader:
             header.tensors[name] = struct.unpack(f"<{dims}Q", self.read(8 * dims))
             self.skip(12)  # ggml type (u32) and data offset (u64)
         return header
+
+    def counts(self) -> tuple[int, int]:
+        """The magic and version checked; (tensor count, key/value count)."""
+        if self.size < 4 or self.f.read(4) != b"GGUF":
+            raise _Damaged("it does not start with the GGUF magic bytes")
+        version = self.u32()
+        if version not in VERSIONS:
+            raise _Damaged(f"GGUF version {version} is not supported (only {' and '.join(map(str, VERSIONS))})")
+        return self.u64(), self.u64()
+
+    def read_values(self, count: int, into: dict[str, Any]) -> None:
+        for _ in range(count):
+            key = self.name()
+            value = self.value(self.u32())
+            if value is not _SKIPPED:
+                into[key] = value
 
     def value(self, kind: int, depth: int = 0) -> Any:
         """A scalar or string; arrays (and strings too long to keep) are skipped and give _SKIPPED."""

@@ -1,4 +1,5 @@
 """The only importer of huggingface_hub: list a repo's files and download blobs into the HF cache layout.
+ModelScope pulls (runtime.store.modelscope) go through the same download and verification functions.
 
 Downloads go to `blobs/<hash>.incomplete`, a fixed name that survives Ctrl-C (and a stopped server) so the
 next pull resumes with a Range request (huggingface_hub's own `hf_hub_download` deletes its partial files on
@@ -10,7 +11,9 @@ file names are plain relative paths, commits are 40 hex digits, blobs are named 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import socket
 import threading
 import time
@@ -39,6 +42,7 @@ DOWNLOAD_TIMEOUT_S = 10  # per read, as huggingface_hub's HF_HUB_DOWNLOAD_TIMEOU
 RETRIES = 5  # dropped connections in a row without progress before a download gives up
 CANCEL_POLL_S = 0.1
 MAX_FILE_BYTES = 1 << 50
+REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 CANCELLED_MESSAGE = ("The pull stopped early: its client went away or the server is stopping. "
                      "The partial download is kept: pull again to resume.")
 
@@ -100,35 +104,67 @@ class Hub:
         files = [self._remote_file(repo, s) for s in info.siblings or []]
         return RepoListing(repo, revision, info.sha, {f.path: f for f in files})
 
+    def search(self, query: str, tag: str, limit: int) -> list[tuple[str, int]]:
+        """(repo, downloads) of the repos whose name contains `query` and that carry `tag`, most downloaded first."""
+        from huggingface_hub import HfApi
+
+        with self._errors(query, "main"):
+            try:
+                found = list(HfApi(endpoint=self.endpoint).list_models(
+                    search=query, filter=tag, sort="downloads", limit=limit, token=self.token))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise self._bad_answer(query, "search result", "(unreadable)") from None
+        return [(m.id, m.downloads if isinstance(m.downloads, int) else 0) for m in found
+                if isinstance(m.id, str) and REPO_ID.fullmatch(m.id)]
+
     def download(self, listing: RepoListing, file: RemoteFile, on_bytes: Callable[[int], None],
                  cancelled: Cancelled = never) -> Path:
-        """Fetch one file into the cache (resuming a partial) and return its snapshot path."""
-        from huggingface_hub import hf_hub_url
-        from huggingface_hub.file_download import get_hf_file_metadata
-        from huggingface_hub.utils import WeakFileLock, build_hf_headers
+        """Fetch one file into the cache (resuming a partial) and return its snapshot path.
 
-        repo_dir = layout.repo_dir(self.models_dir, listing.repo)
-        url = hf_hub_url(listing.repo, file.path, revision=listing.commit, endpoint=self.endpoint)
-        with self._errors(listing.repo, listing.revision, file.path):
-            meta = get_hf_file_metadata(url, token=self.token, endpoint=self.endpoint)
+        Xet-stored files (the hub answers with X-Xet-Hash) come through the hub's Xet bridge: the redirect's
+        Location serves their bytes over plain HTTP with ranges, so they resume and verify as any other file;
+        hf_xet is never involved."""
+        meta, location, headers = self._locate(listing, file)
         if meta.size is not None and file.size and meta.size != file.size:
             raise self._bad_answer(listing.repo, f"size for {file.path}", meta.size)
         size = file.size if meta.size is None else meta.size
         name = file.sha256 or file.blob_id or meta.etag or ""
         if not (layout.COMMIT.fullmatch(name) or layout.SHA256.fullmatch(name)):
             raise self._bad_answer(listing.repo, f"ETag for {file.path}", meta.etag)
-        blob = layout.blob_path(repo_dir, name)
-        with WeakFileLock(str(self.models_dir / ".locks" / repo_dir.name / f"{name}.lock")):
-            if not blob.exists():
-                partial = blob.with_name(name + ".incomplete")
-                # The token goes to the hub only, never to the CDN a large file redirects to.
-                same_host = urlsplit(meta.location).netloc == urlsplit(url).netloc
-                headers = build_hf_headers(token=self.token if same_host else False)
-                with self._errors(listing.repo, listing.revision, file.path), _dropped_when_unusable(partial, file):
-                    _fetch(meta.location, partial, size, headers, on_bytes, cancelled, file.path)
-                _verify(partial, file)
-                partial.replace(blob)
-        return layout.link_snapshot(repo_dir, listing.commit, file.path, blob)
+        return place(self.models_dir, self.repo_dir(listing.repo), listing, file, name, size, on_bytes,
+                     lambda partial: self._fetch_into(listing, file, (location, headers), partial, size, on_bytes,
+                                                      cancelled))
+
+    def repo_dir(self, repo: str) -> Path:
+        return layout.repo_dir(self.models_dir, repo)
+
+    def read_start(self, listing: RepoListing, file: RemoteFile, limit: int) -> bytes:
+        """The first `limit` bytes of a file (a GGUF header), with one range request."""
+        _, location, headers = self._locate(listing, file)
+        with self._errors(listing.repo, listing.revision, file.path):
+            return read_start(location, headers, limit)
+
+    def _locate(self, listing: RepoListing, file: RemoteFile) -> tuple[Any, str, dict[str, str]]:
+        """The file's metadata, where its bytes are, and the headers to fetch them with."""
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.file_download import get_hf_file_metadata
+        from huggingface_hub.utils import build_hf_headers
+
+        url = hf_hub_url(listing.repo, file.path, revision=listing.commit, endpoint=self.endpoint)
+        with self._errors(listing.repo, listing.revision, file.path):
+            meta = get_hf_file_metadata(url, token=self.token, endpoint=self.endpoint)
+        # The token goes to the hub only, never to the CDN (or Xet bridge) a large file redirects to.
+        same_host = urlsplit(meta.location).netloc == urlsplit(url).netloc
+        return meta, meta.location, build_hf_headers(token=self.token if same_host else False)
+
+    def _fetch_into(self, listing: RepoListing, file: RemoteFile, located: tuple[str, dict[str, str]],
+                    partial: Path, size: int, on_bytes: Callable[[int], None], cancelled: Cancelled) -> None:
+        def relocate() -> tuple[str, dict[str, str]]:
+            _, url, headers = self._locate(listing, file)
+            return url, headers
+
+        with self._errors(listing.repo, listing.revision, file.path), dropped_when_unusable(partial, file):
+            fetch(*located, partial, size, on_bytes, cancelled, file.path, relocate)
 
     def _remote_file(self, repo: str, sibling: Any) -> RemoteFile:
         """One file of the listing, refused when the hub's name, size or hashes cannot be right."""
@@ -180,12 +216,84 @@ class Hub:
         except (httpx2.TransportError, hf.OfflineModeIsEnabled, hf.LocalEntryNotFoundError) as exc:
             raise HubUnreachableError(
                 f"Cannot reach {self.endpoint} ({type(exc).__name__}). Check the network, set HF_ENDPOINT "
-                "to a mirror, or import a local file with `stacklet pull PATH`.",
+                "to a mirror, pull from ModelScope instead (ms://owner/repo, or STACKLET_HUB=modelscope), or "
+                "import a local file with `stacklet pull PATH`.",
                 retry_after=30,
             ) from None
         except OSError as exc:  # a file the download could not write (disk full is mapped where it happens)
             first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise StoreError(f"Download of {path or repo} failed: {first_line}. Pull again to resume.") from None
+
+
+def place(models_dir: Path, repo_dir: Path, listing: RepoListing, file: RemoteFile, name: str, size: int,
+          on_bytes: Callable[[int], None], fetch_into: Callable[[Path], None]) -> Path:
+    """The blob `name` of `file` in `repo_dir` (fetched into its `.incomplete` partial unless it is there, then
+    verified and renamed into place), linked into the snapshot of `listing.commit`."""
+    from huggingface_hub.utils import WeakFileLock
+
+    blob = layout.blob_path(repo_dir, name)
+    with WeakFileLock(str(models_dir / ".locks" / repo_dir.name / f"{name}.lock")):
+        if not blob.exists():
+            partial = blob.with_name(name + ".incomplete")
+            fetch_into(partial)
+            got = partial.stat().st_size
+            if got != size:
+                partial.unlink()
+                raise HubResponseError(f"{file.path} arrived with {got} bytes instead of {size}. It was discarded; "
+                                       "pull again.")
+            _verify(partial, file)
+            partial.replace(blob)
+        else:
+            on_bytes(size)
+    return layout.link_snapshot(repo_dir, listing.commit, file.path, blob)
+
+
+def read_start(url: str, headers: dict[str, str], limit: int) -> bytes:
+    """Up to `limit` bytes from the start of `url`: a range request, cut short when a server ignores the range."""
+    from huggingface_hub.utils import get_session, hf_raise_for_status
+
+    data = bytearray()
+    with get_session().stream("GET", url, headers={**headers, "Range": f"bytes=0-{limit - 1}"},
+                              timeout=DOWNLOAD_TIMEOUT_S, follow_redirects=True) as response:
+        hf_raise_for_status(response)
+        for chunk in response.iter_bytes():
+            data += chunk
+            if len(data) >= limit:
+                break
+    return bytes(data[:limit])
+
+
+MAX_LISTING_BYTES = 64 << 20  # a JSON file list (the largest real repos list a few MB)
+
+
+def get_json(url: str, headers: dict[str, str], params: dict[str, str]) -> Any:
+    """GET a JSON document (ValueError when it is not JSON or too large to be a file list)."""
+    from huggingface_hub.utils import get_session, hf_raise_for_status
+
+    with get_session().stream("GET", url, headers=headers, params=params, timeout=DOWNLOAD_TIMEOUT_S,
+                              follow_redirects=True) as response:
+        hf_raise_for_status(response)
+        body = bytearray()
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > MAX_LISTING_BYTES:
+                raise ValueError("the answer is larger than any file list")
+    return json.loads(body)
+
+
+@contextmanager
+def transport_errors(endpoint: str, hint: str, status_error: Callable[[int], Exception]) -> Iterator[None]:
+    """For hubs other than Hugging Face: an HTTP error status -> `status_error(status)`, a hub out of reach ->
+    HubUnreachableError that ends with `hint`."""
+    import httpx2
+    from huggingface_hub import errors as hf
+
+    try:
+        yield
+    except hf.HfHubHTTPError as exc:
+        raise status_error(exc.response.status_code if exc.response is not None else 0) from None
+    except httpx2.TransportError as exc:
+        raise HubUnreachableError(f"Cannot reach {endpoint} ({type(exc).__name__}). {hint}", retry_after=30) from None
 
 
 def _http_error(exc: Any, repo: str, endpoint: str) -> Exception:
@@ -198,7 +306,7 @@ def _http_error(exc: Any, repo: str, endpoint: str) -> Exception:
 
 
 @contextmanager
-def _dropped_when_unusable(partial: Path, file: RemoteFile) -> Iterator[None]:
+def dropped_when_unusable(partial: Path, file: RemoteFile) -> Iterator[None]:
     """A partial that can never complete goes: one the hub overfilled, or one the full disk cut short
     (it would hold the space the user has to free). Every other failure keeps it for the next pull."""
     try:
@@ -216,11 +324,15 @@ def _dropped_when_unusable(partial: Path, file: RemoteFile) -> Iterator[None]:
         ) from None
 
 
-def _fetch(url: str, partial: Path, size: int, headers: dict[str, str], on_bytes: Callable[[int], None],
-           cancelled: Cancelled, file_name: str) -> None:
+def fetch(url: str, headers: dict[str, str], partial: Path, size: int, on_bytes: Callable[[int], None],
+          cancelled: Cancelled, file_name: str, relocate: Callable[[], tuple[str, dict[str, str]]] | None = None,
+          ) -> None:
     """GET `url` into `partial` (resuming what it holds) until it has `size` bytes. A dropped connection
-    resumes where it stopped; RETRIES drops in a row without progress and the error stands."""
+    resumes where it stopped; RETRIES drops in a row without progress and the error stands. A CDN (or Xet
+    bridge) URL is signed and expires (after about an hour; a long download outlives it): when it is refused,
+    `relocate` asks the hub for a fresh one, once, and the download goes on from there."""
     import httpx2
+    from huggingface_hub import errors as hf
 
     _check_space(partial, size, file_name)
     with partial.open("ab") as out:
@@ -237,6 +349,12 @@ def _fetch(url: str, partial: Path, size: int, headers: dict[str, str], on_bytes
                 if cancelled():
                     raise PullCancelledError(CANCELLED_MESSAGE) from None
                 error = exc
+            except hf.HfHubHTTPError as exc:
+                if relocate is None or exc.response is None or exc.response.status_code not in (401, 403):
+                    raise
+                url, headers = relocate()
+                relocate = None
+                continue
             failures = 0 if out.tell() > start else failures + 1
             if failures > RETRIES:
                 if error is not None:

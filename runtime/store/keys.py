@@ -32,6 +32,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 INFERENCE = "inference"
 ADMIN = "admin"
 SCOPES = (INFERENCE, ADMIN)
+OPEN_PREFIX = "open-"  # the short-lived keys `stacklet open` hands the playground
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -114,6 +115,11 @@ class KeyStore:
             raise ConflictError(f"A key named '{name}' already exists. Choose another --name.") from None
         return key, record
 
+    def purge_expired(self, prefix: str) -> int:
+        """Delete the expired keys whose names start with `prefix` (they can never work again)."""
+        return self._conn.execute("DELETE FROM keys WHERE substr(name, 1, ?) = ? AND expires <= ?",
+                                  (len(prefix), prefix, int(time.time()))).rowcount
+
     def list(self) -> list[ApiKey]:
         rows = self._conn.execute(f"SELECT {COLUMNS} FROM keys ORDER BY created, name").fetchall()
         return [ApiKey(*row) for row in rows]
@@ -172,3 +178,15 @@ def _write_private(path: os.PathLike[str], text: str) -> None:
     with os.fdopen(fd, "w") as handle:
         os.fchmod(handle.fileno(), 0o600)
         handle.write(text + "\n")
+
+
+def short_lived_key(paths: Paths, ttl_s: int) -> str:
+    """A new admin key that stops working after `ttl_s` seconds, for a link that opens the playground
+    signed in; the expired ones made before go, so they never pile up in `keys list`."""
+    store = KeyStore(paths)
+    try:
+        store.purge_expired(OPEN_PREFIX)
+        key, _ = store.create(f"{OPEN_PREFIX}{secrets.token_hex(4)}", ttl_s / 86400, ADMIN)
+        return key
+    finally:
+        store.close()

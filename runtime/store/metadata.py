@@ -19,6 +19,7 @@ EMBEDDING_ARCHES = {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jin
 DIFFUSION_ARCHES = {"sd1", "sd2", "sdxl", "sd3", "flux", "aura", "ltxv", "hyvid", "wan", "lumina2", "hidream",
                     "cosmos", "chroma", "qwen_image"}
 _POOLING = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+CLASSIFIER_TENSORS = ("cls.output.weight", "cls.weight")  # llama.cpp's names for a sequence-classification head
 MAX_CONFIG_BYTES = 64 << 20  # JSON configs and safetensors headers (safetensors allows 100 MB; real ones are KBs)
 
 
@@ -51,8 +52,17 @@ def _describe_gguf(files: dict[str, list[Path]]) -> tuple[str, dict[str, Any]]:
     meta["parameters"] = sum(h.parameter_count for h in headers)
     meta["shards"] = len(weights)
     meta["has_mmproj"] = "mmproj" in files
-    is_embedding = first.architecture in EMBEDDING_ARCHES or meta["pooling"] not in (None, "none")
-    return ("embedding" if is_embedding else "llm"), meta
+    return text_kind(meta), meta
+
+
+def text_kind(meta: dict[str, Any]) -> str:
+    """A GGUF text model's kind from gguf_metadata's summary: rerank for a cross-encoder (rank pooling, or a
+    classification head: llama.cpp's converter writes no pooling for those), embedding for an encoder or a
+    pooling model."""
+    if meta.get("pooling") == "rank" or meta.get("has_classifier"):
+        return "rerank"
+    is_embedding = meta.get("architecture") in EMBEDDING_ARCHES or meta.get("pooling") not in (None, "none")
+    return "embedding" if is_embedding else "llm"
 
 
 def gguf_metadata(header: GGUFHeader, path: Path) -> dict[str, Any]:
@@ -71,6 +81,7 @@ def gguf_metadata(header: GGUFHeader, path: Path) -> dict[str, Any]:
         "block_count": _count(header.arch_value("block_count")),
         **_attention(header),
         "pooling": _POOLING.get(pooling, str(pooling)) if pooling is not None else None,
+        "has_classifier": any(name in header.tensors for name in CLASSIFIER_TENSORS),
         "has_chat_template": bool(template),
         "chat_template": template,
     }

@@ -12,8 +12,8 @@ from pathlib import PurePosixPath
 
 from runtime.errors import FileNotInRepoError, InvalidRequestError
 
-# The default quant first (Q4_K_M); when the asked-for quant is missing, the nearest first: similar size
-# and quality, then bigger, then smaller.
+# Where sizes are not weighed against memory (a local folder, --file globs that match several quants): Q4_K_M
+# first, then the nearest: similar size and quality, then bigger, then smaller. Hub pulls choose with fit.py.
 QUANT_PREFERENCE = (
     "Q4_K_M", "Q4_K_S", "Q4_K_L", "IQ4_XS", "IQ4_NL", "Q4_0", "Q4_1", "Q5_K_M", "Q5_K_S", "Q5_0", "Q5_1",
     "Q6_K", "Q6_K_L", "Q3_K_L", "Q3_K_M", "IQ3_M", "Q8_0", "Q3_K_S", "IQ3_XS", "Q2_K", "Q2_K_L", "IQ2_M",
@@ -25,11 +25,16 @@ WHISPER_FILES = ("model.bin", "config.json", "tokenizer.json", "preprocessor_con
 DIFFUSION_SUFFIXES = (".safetensors", ".ckpt", ".gguf", ".sft")
 
 
+HUBS = {"huggingface": "hf", "modelscope": "ms"}  # STACKLET_HUB (or `hub` in the config) -> source type
+_HUB_PREFIXES = (("hf.co/", "hf"), ("huggingface.co/", "hf"), ("ms://", "ms"), ("www.modelscope.cn/models/", "ms"),
+                 ("modelscope.cn/models/", "ms"), ("www.modelscope.cn/", "ms"), ("modelscope.cn/", "ms"))
+
+
 @dataclass(frozen=True)
 class Source:
-    """A parsed pull source: a Hugging Face repo (optionally with a quant) or a local path."""
+    """A parsed pull source: a Hugging Face or ModelScope repo (optionally with a quant), or a local path."""
 
-    type: str  # "hf" or "local"
+    type: str  # "hf", "ms" or "local"
     repo: str = ""
     quant: str | None = None
     path: str = ""
@@ -41,28 +46,35 @@ class Selected:
     path: str  # repo-relative, POSIX separators
 
 
-def parse_repo(text: str) -> Source:
-    """`hf.co/owner/repo:QUANT` or `owner/repo[:QUANT]` (also with https://huggingface.co/)."""
-    repo = text.strip()
+def parse_repo(text: str, default_hub: str = "huggingface") -> Source:
+    """`hf.co/owner/repo:QUANT`, `modelscope.cn/owner/repo:QUANT`, `ms://owner/repo`, or `owner/repo[:QUANT]`
+    on the default hub (also as https:// URLs)."""
+    if default_hub not in HUBS:
+        raise InvalidRequestError(f"Unknown hub {default_hub[:32]!r} in STACKLET_HUB or the config's `hub`: use "
+                                  f"{' or '.join(HUBS)}.", param="source")
+    repo, hub = text.strip(), HUBS[default_hub]
     for prefix in ("https://", "http://"):
         repo = repo.removeprefix(prefix)
-    for prefix in ("hf.co/", "huggingface.co/"):
-        repo = repo.removeprefix(prefix)
+    for prefix, named in _HUB_PREFIXES:
+        if repo.startswith(prefix):
+            repo, hub = repo.removeprefix(prefix), named
+            break
     quant = None
     if ":" in repo:
         repo, quant = repo.rsplit(":", 1)
         quant = quant.strip() or None
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
         raise InvalidRequestError(
-            f"'{text}' is neither an existing path nor a Hugging Face repo. Use owner/repo[:QUANT] or a file path.",
+            f"'{text}' is neither an existing path nor a hub repo. Use owner/repo[:QUANT] (hf.co/..., "
+            "modelscope.cn/... or ms://...) or a file path.",
             param="source",
         )
-    return Source("hf", repo=repo, quant=quant)
+    return Source(hub, repo=repo, quant=quant)
 
 
 def default_name(source: Source, selected: list[Selected]) -> str:
     """A short model name: the repo name without a -GGUF suffix, or the local file's stem."""
-    if source.type == "hf":
+    if source.type in ("hf", "ms"):
         base = source.repo.split("/")[-1]
     else:
         base = PurePosixPath(source.path.rstrip("/")).name
@@ -120,15 +132,21 @@ def _select_gguf(ggufs: list[str], quant: str | None) -> list[Selected]:
     weights = [p for p in ggufs if p not in projectors]
     if not weights:
         raise FileNotInRepoError("The repo only has mmproj files, no model weights.", param="quant")
-    by_quant: dict[str, list[str]] = {}
-    for path in weights:
-        by_quant.setdefault(quant_of(path) or "", []).append(path)
+    by_quant = quant_groups(weights)
     chosen = _choose_quant(by_quant, quant)
-    group = _one_model(sorted(by_quant[chosen]))
-    selected = [Selected("model" if i == 0 else "shard", p) for i, p in enumerate(group)]
+    selected = [Selected("model" if i == 0 else "shard", p) for i, p in enumerate(by_quant[chosen])]
     if projectors:
         selected.append(Selected("mmproj", _pick_projector(projectors, chosen)))
     return selected
+
+
+def quant_groups(paths: list[str]) -> dict[str, list[str]]:
+    """The weight files of each quant among `paths` (one model, with its shards; "" for unlabelled files)."""
+    by_quant: dict[str, list[str]] = {}
+    for path in paths:
+        if path.lower().endswith(".gguf") and "mmproj" not in path.lower():
+            by_quant.setdefault(quant_of(path) or "", []).append(path)
+    return {quant: _one_model(sorted(group)) for quant, group in by_quant.items()}
 
 
 def _choose_quant(by_quant: dict[str, list[str]], asked: str | None) -> str:

@@ -15,8 +15,11 @@ from runtime.http.errors import install_error_handlers
 from runtime.spec import KINDS, ModelSpec
 from runtime.worker.stats import Stats
 
-# Which router serves which capabilities: each kind's capabilities are served by one of them.
-TEXT = KINDS["llm"].capabilities | KINDS["embedding"].capabilities
+# Which router serves which capabilities: each kind's capabilities are served by one of them, and the token
+# routes by their own (every llama kind has them).
+TOKENS = frozenset({"tokenize", "detokenize"})
+TEXT = (KINDS["llm"].capabilities | KINDS["embedding"].capabilities) - TOKENS
+RERANK = KINDS["rerank"].capabilities - TOKENS
 IMAGES = KINDS["image"].capabilities
 AUDIO = KINDS["speech"].capabilities | KINDS["transcription"].capabilities
 
@@ -58,7 +61,15 @@ def create_worker_app(engine: Any, spec: ModelSpec, socket_path: Path | None = N
     if capabilities & TEXT:
         from runtime.worker import text
 
-        app.include_router(text.create_router(engine, stats))
+        app.include_router(text.create_router(engine, stats, spec.limits))
+    if capabilities & RERANK:
+        from runtime.worker import rerank
+
+        app.include_router(rerank.create_router(engine, stats))
+    if capabilities & TOKENS:
+        from runtime.worker import tokenize
+
+        app.include_router(tokenize.create_router(engine, stats))
     if capabilities & IMAGES:
         from runtime.worker import images
 

@@ -18,9 +18,20 @@ from runtime.errors import InvalidRequestError, check_context
 from runtime.http.bridge import read_on_loop
 from runtime.protocol import chat as wire
 from runtime.protocol.chat import ChatMessage, CreateChatCompletionRequest
+from runtime.spec import WorkerLimits
+from runtime.worker import images_in
 from runtime.worker.choices import ChoiceOutput
 
 NON_TEXT_PARTS = {"image_url": "image", "input_audio": "audio", "file": "file"}
+DEFAULT_FETCH = images_in.FetchPolicy(WorkerLimits().max_upload_bytes)
+
+
+@dataclass
+class ImageRefs:
+    """The image parts of a conversation in order, each replaced in the text by `marker`."""
+
+    marker: str = field(default_factory=lambda: f"<__image_{uuid.uuid4().hex}__>")  # no client can guess it
+    urls: list[tuple[str, str]] = field(default_factory=list)  # (url, param)
 
 
 @dataclass
@@ -36,6 +47,7 @@ class ChatJob:
     custom_names: set[str]  # the custom tools it may call
     thinking: bool
     fingerprint: str
+    images: list[Any] = field(default_factory=list)  # the engine's image spans in the prompt
     completion_id: str = field(default_factory=lambda: "chatcmpl-" + uuid.uuid4().hex[:29])
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -45,13 +57,16 @@ class ChatJob:
                 for _ in range(self.n)]
 
 
-def prepare(engine: TextEngine, req: CreateChatCompletionRequest, fingerprint: str) -> ChatJob:
-    """Render and tokenize the prompt, check it fits, and build the sampling parameters (blocking)."""
+def prepare(engine: TextEngine, req: CreateChatCompletionRequest, fingerprint: str,
+            fetch: images_in.FetchPolicy = DEFAULT_FETCH) -> ChatJob:
+    """Render and tokenize the prompt (fetching and encoding its images), check it fits, and build the
+    sampling parameters (blocking)."""
     tool_choice = req.effective_tool_choice()
     grammars = custom_grammars(req)
     tools = [t.model_dump(exclude_none=True) for t in req.all_tools()] if tool_choice != "none" else []
     output = output_grammar(req, tool_choice, grammars)  # first: a schema it refuses is never rendered
-    messages = [template_message(m, i) for i, m in enumerate(req.messages)]
+    refs = ImageRefs() if "vision" in engine.capabilities else None  # type: ignore[attr-defined]
+    messages = [template_message(m, i, refs) for i, m in enumerate(req.messages)]
     if req.response_format is not None and req.response_format.type == "json_schema":
         messages = grammar.with_schema(messages, req.response_format.json_schema.schema_)
     text = engine.render_chat(messages, tools or None)
@@ -61,7 +76,7 @@ def prepare(engine: TextEngine, req: CreateChatCompletionRequest, fingerprint: s
         text += custom_call_open(tool_choice)  # the model writes only the input (customtools.py)
         if grammars[tool_choice] is None:
             stop += customtools.NAMED_STOPS
-    prompt = engine.tokenize(text)
+    prompt, images = tokenize(engine, text, refs, fetch)
     max_tokens = req.max_output_tokens()
     check_context(engine.context_length, len(prompt), max_tokens, param="messages")
     params = sampling_params(req.temperature, req.top_p, req.seed, req.presence_penalty, req.frequency_penalty,
@@ -72,7 +87,18 @@ def prepare(engine: TextEngine, req: CreateChatCompletionRequest, fingerprint: s
     return ChatJob(req, prompt, params, req.n or 1, tool_choice,
                    {wire.tool_name(t) for t in callable_tools if isinstance(t, wire.Tool)},
                    {wire.tool_name(t) for t in callable_tools if isinstance(t, wire.CustomTool)},
-                   thinking=thinking, fingerprint=fingerprint)
+                   thinking=thinking, fingerprint=fingerprint, images=images)
+
+
+def tokenize(engine: TextEngine, text: str, refs: ImageRefs | None,
+             fetch: images_in.FetchPolicy) -> tuple[list[int], list[Any]]:
+    if refs is None or not refs.urls:
+        return engine.tokenize(text), []
+    if len(refs.urls) > images_in.MAX_IMAGES:
+        raise InvalidRequestError(f"A request takes at most {images_in.MAX_IMAGES} images; it has "
+                                  f"{len(refs.urls)}.", param="messages", code="too_many_images")
+    pictures = [images_in.load(url, fetch, param) for url, param in refs.urls]
+    return engine.image_prompt(text, refs.marker, pictures)  # type: ignore[attr-defined]
 
 
 def custom_grammars(req: CreateChatCompletionRequest) -> dict[str, tuple[str, str] | None]:
@@ -88,10 +114,11 @@ def custom_grammars(req: CreateChatCompletionRequest) -> dict[str, tuple[str, st
     return grammars
 
 
-def template_message(message: ChatMessage, index: int) -> dict[str, Any]:
-    """A message as chat templates expect it: text content, `developer` as `system`."""
+def template_message(message: ChatMessage, index: int, images: ImageRefs | None = None) -> dict[str, Any]:
+    """A message as chat templates expect it: text content, `developer` as `system`; with `images`
+    (a model that takes them), image parts become its marker."""
     role = {"developer": "system", "function": "tool"}.get(message.role, message.role)
-    out: dict[str, Any] = {"role": role, "content": flatten(message, index)}
+    out: dict[str, Any] = {"role": role, "content": flatten(message, index, images)}
     if message.name:
         out["name"] = message.name
     if message.tool_calls:
@@ -101,14 +128,18 @@ def template_message(message: ChatMessage, index: int) -> dict[str, Any]:
     return out
 
 
-def flatten(message: ChatMessage, index: int) -> str:
+def flatten(message: ChatMessage, index: int, images: ImageRefs | None = None) -> str:
     content = message.content
     if content is None:
         return message.refusal or ""
     if isinstance(content, str):
         return content
     texts = []
-    for part in content:
+    for position, part in enumerate(content):
+        if isinstance(part, wire.ImagePart) and images is not None:
+            images.urls.append((part.image_url.url, f"messages[{index}].content[{position}].image_url.url"))
+            texts.append(images.marker)
+            continue
         if part.type in NON_TEXT_PARTS:
             kind = NON_TEXT_PARTS[part.type]
             raise InvalidRequestError(f"This model does not accept {kind} input. Send text only, or use a model "
@@ -163,6 +194,12 @@ def logprob_entries(delta: TextDelta) -> list[dict[str, Any]]:
     return [wire.token_logprob(lp.token, lp.logprob, lp.bytes, lp.top) for lp in delta.logprobs]
 
 
+def generate(engine: TextEngine, job: ChatJob, usage: Usage, cancel: threading.Event) -> Any:
+    if job.images:  # only an engine with vision made them
+        return engine.generate(job.prompt, job.params, job.n, usage, cancel, images=job.images)  # type: ignore[call-arg]
+    return engine.generate(job.prompt, job.params, job.n, usage, cancel)
+
+
 # Non-streaming
 
 
@@ -171,7 +208,7 @@ def collect(engine: TextEngine, job: ChatJob, usage: Usage, cancel: threading.Ev
     outputs = job.outputs()
     finish: dict[int, str] = {}
     logprobs: dict[int, list[dict[str, Any]]] = {i: [] for i in range(job.n)}
-    for delta in engine.generate(job.prompt, job.params, job.n, usage, cancel):
+    for delta in generate(engine, job, usage, cancel):
         out = outputs[delta.index]
         out.feed(delta.text)
         logprobs[delta.index].extend(logprob_entries(delta))
@@ -211,7 +248,7 @@ async def stream(engine: TextEngine, job: ChatJob, usage: Usage,
 
     # Called on the loop (building a request takes well under a millisecond, grammar included), so
     # nothing can cancel us between creating the stream and reading it.
-    deltas = engine.generate(job.prompt, job.params, job.n, usage, cancel)
+    deltas = generate(engine, job, usage, cancel)
     async for delta in read_on_loop(deltas, cancel):
         index, out = delta.index, outputs[delta.index]
         if index not in opened:

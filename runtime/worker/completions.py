@@ -6,7 +6,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from runtime.engines.base import SamplingParams, TextDelta, TextEngine, Usage
@@ -59,12 +59,17 @@ def prepare(engine: TextEngine, req: CreateCompletionRequest, fingerprint: str) 
 
 
 def generate_all(engine: TextEngine, job: CompletionJob, cancel: threading.Event) -> Iterator[tuple[int, TextDelta]]:
-    """(choice index across all prompts, delta), prompt after prompt."""
+    """(choice index across all prompts, delta), prompt after prompt. More best_of candidates than the engine
+    decodes at once are generated in rounds, each round's seeds following on from the last."""
     for number, prompt in enumerate(job.prompts):
         usage = Usage()
         job.usages.append(usage)
-        for delta in engine.generate(prompt, job.params, job.candidates, usage, cancel):
-            yield number * job.candidates + delta.index, delta
+        at_once = max(1, engine.parallel)
+        for first in range(0, job.candidates, at_once):
+            count = min(at_once, job.candidates - first)
+            seed = None if job.params.seed is None else job.params.seed + first
+            for delta in engine.generate(prompt, replace(job.params, seed=seed), count, usage, cancel):
+                yield number * job.candidates + first + delta.index, delta
 
 
 async def stream_all(engine: TextEngine, job: CompletionJob,

@@ -19,8 +19,8 @@ from runtime.protocol import embeddings as embedding_wire
 from runtime.protocol.chat import CreateChatCompletionRequest
 from runtime.protocol.completions import CreateCompletionRequest
 from runtime.protocol.embeddings import CreateEmbeddingRequest
-from runtime.spec import worker_path
-from runtime.worker import chat, completions
+from runtime.spec import WorkerLimits, worker_path
+from runtime.worker import chat, completions, images_in
 from runtime.worker.stats import Stats
 
 CHAT_PATH = worker_path("chat")
@@ -28,8 +28,10 @@ COMPLETIONS_PATH = worker_path("completions")
 EMBEDDINGS_PATH = worker_path("embeddings")
 
 
-def create_router(engine: TextEngine, stats: Stats) -> APIRouter:
+def create_router(engine: TextEngine, stats: Stats, limits: WorkerLimits | None = None) -> APIRouter:
     router = APIRouter(route_class=JSONBodyRoute)
+    limits = limits or WorkerLimits()
+    fetch = images_in.FetchPolicy(limits.max_upload_bytes, limits.image_fetch_private)  # chat image URLs
     capabilities = frozenset(engine.capabilities)  # type: ignore[attr-defined]
     fingerprint = chat.fingerprint(engine)
 
@@ -42,7 +44,7 @@ def create_router(engine: TextEngine, stats: Stats) -> APIRouter:
     async def create_chat_completion(body: CreateChatCompletionRequest, request: Request) -> Response:
         require("chat", "chat completions")
         body.validate_semantics()
-        job = await run_in_threadpool(chat.prepare, engine, body, fingerprint)
+        job = await run_in_threadpool(chat.prepare, engine, body, fingerprint, fetch)
         usage, cancel = Usage(), threading.Event()
         if body.stream:
             events = await primed(chat.stream(engine, job, usage, cancel))

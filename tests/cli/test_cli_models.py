@@ -65,6 +65,14 @@ def test_human_pull_from_the_hub(hub: FakeHub) -> None:
     assert "tiny-Q8_0.gguf" in stacklet("show", "Tiny").stdout
 
 
+def test_a_pull_without_a_quant_says_why_it_chose_one(hub: FakeHub) -> None:
+    result = stacklet("pull", "org/Tiny-GGUF", env={"HF_ENDPOINT": hub.url})
+    assert result.returncode == 0, result.stderr
+    reason = next(line for line in result.stdout.splitlines() if line.startswith("Q8_0: "))
+    assert " KV cache (guessed: the GGUF header could not be read) fits " in reason  # tiny_gguf has no dims
+    assert reason.endswith((" free RAM", " free VRAM"))
+
+
 def test_pull_errors_are_one_line_with_exit_codes(hub: FakeHub) -> None:
     result = stacklet("pull", "org/Tiny-GGUF:Q6_K", "--json", env={"HF_ENDPOINT": hub.url})
     assert result.returncode == 2
@@ -104,3 +112,39 @@ def test_version() -> None:
     result = stacklet("--version")
     assert result.returncode == 0
     assert result.stdout.strip() == f"stacklet {version('stacklet')}"
+
+
+LONG_NAME = "SmolLM2-135M-Instruct-a-name-long-enough-that-a-table-would-cut-it-Q8_0"
+
+
+@pytest.mark.parametrize("columns", ["40", "80"])
+def test_list_in_a_pipe_never_cuts_names(hub: FakeHub, columns: str) -> None:
+    assert stacklet("pull", "org/Tiny-GGUF:Q8_0", "--name", LONG_NAME, env={"HF_ENDPOINT": hub.url}).returncode == 0
+    listed = stacklet("list", env={"COLUMNS": columns})
+    assert listed.returncode == 0, listed.stderr
+    header, row = listed.stdout.splitlines()
+    assert header.split() == ["NAME", "KIND", "SIZE", "DETAIL", "SOURCE", "PULLED"]
+    assert row.startswith(LONG_NAME + "   llm")  # whole, in plain columns (awk-able)
+    assert "hf.co/org/Tiny-GGUF:Q8_0" in row
+    assert "…" not in listed.stdout
+
+
+@pytest.mark.parametrize(("width", "rich"), [(200, True), (60, False)])
+def test_a_terminal_gets_a_table_only_when_every_cell_fits(monkeypatch: pytest.MonkeyPatch, width: int,
+                                                            rich: bool) -> None:
+    import io
+
+    from rich.console import Console
+
+    from cli import output
+
+    screen = io.StringIO()
+    monkeypatch.setattr(output, "console", Console(file=screen, force_terminal=True, width=width, color_system=None))
+    output.listing(["NAME", "SOURCE"], [[LONG_NAME, "hf.co/org/Tiny-GGUF:Q8_0"], ["b", None]])
+    lines = screen.getvalue().splitlines()
+    assert any(LONG_NAME in line for line in lines)
+    assert "…" not in screen.getvalue()
+    assert any(set(line) <= set("━─┃│╇┼ ") and line.strip() for line in lines) is rich  # rich's header rule
+    if not rich:
+        assert lines[1] == f"{LONG_NAME}   hf.co/org/Tiny-GGUF:Q8_0"
+        assert lines[2] == "b"

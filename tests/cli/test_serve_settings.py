@@ -36,3 +36,15 @@ def test_host_and_port_come_from_flags_then_environment_then_config_file(monkeyp
     settings, args = served(monkeypatch, "--port", "9003", "--host", "127.0.0.3", "--keep-alive", "5m")
     assert (settings.host, settings.port, settings.keep_alive) == ("127.0.0.3", 9003, 300)
     assert args == ["--host", "127.0.0.3", "--port", "9003", "--keep-alive", "300.0"]
+
+
+def test_demo_serves_on_the_configured_port_unless_told_otherwise(monkeypatch):
+    from cli.commands import demo
+
+    started: list[dict[str, Any]] = []
+    monkeypatch.setattr(demo, "MODELS", ())
+    monkeypatch.setattr(server, "start_background", started.append)
+    monkeypatch.setenv("STACKLET_PORT", "9004")
+    assert CliRunner().invoke(app, ["demo"]).exit_code == 0
+    assert CliRunner().invoke(app, ["demo", "--port", "9005"]).exit_code == 0
+    assert [Settings.load(overrides).port for overrides in started] == [9004, 9005]

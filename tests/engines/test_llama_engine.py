@@ -110,8 +110,8 @@ def test_bad_token_ids_and_infill_are_client_errors(smollm_engine: Any, minilm_e
 
 
 def test_engine_info_and_capabilities(smollm_engine: Any, minilm_engine: Any) -> None:
-    assert smollm_engine.capabilities == {"chat", "completions", "embeddings"}
-    assert minilm_engine.capabilities == {"embeddings"}
+    assert smollm_engine.capabilities == {"chat", "completions", "embeddings", "tokenize", "detokenize"}
+    assert minilm_engine.capabilities == {"embeddings", "tokenize", "detokenize"}
     assert smollm_engine.info()["context_length"] == 8192 and smollm_engine.info()["chat_template"] == "model"
     assert minilm_engine.info()["context_length"] == 512 and minilm_engine.info()["embedding_length"] == 384
 

@@ -374,8 +374,10 @@ def test_openai_models_list_and_retrieve(client):
     assert listed["object"] == "list"
     llm = next(m for m in listed["data"] if m["id"] == "fake-llm")
     assert set(llm) == {"id", "object", "created", "owned_by", "meta"}
-    assert llm["meta"] == {"kind": "llm", "capabilities": ["chat", "completions", "embeddings"],
-                           "apis": ["/chat/completions", "/completions", "/embeddings", "/responses", "/messages"],
+    assert llm["meta"] == {"kind": "llm",
+                           "capabilities": ["chat", "completions", "detokenize", "embeddings", "tokenize"],
+                           "apis": ["/chat/completions", "/completions", "/embeddings", "/tokenize", "/detokenize",
+                                    "/responses", "/messages"],
                            "context_length": 2048}
     assert client.get("/v1-openai/models/fake-tts").json()["meta"]["capabilities"] == ["speech"]
     assert client.get("/v1-openai/models/nope").json()["error"]["code"] == "model_not_found"

@@ -70,18 +70,6 @@ def test_explicit_quant(hub: FakeHub, store: Store) -> None:
     assert model_path(store, "Tiny").read_bytes() == tiny_gguf(extra=b"Q8_0")
 
 
-def test_default_quant_is_q4_k_m(hub: FakeHub, store: Store) -> None:
-    quant_repo(hub, ["Q2_K", "Q4_K_M", "Q8_0"])
-    record = store.pull("org/Tiny-GGUF")
-    assert record.files[0].path.endswith("tiny-Q4_K_M.gguf")
-
-
-def test_nearest_quant_when_default_missing(hub: FakeHub, store: Store) -> None:
-    quant_repo(hub, ["Q2_K", "Q5_K_M", "Q8_0"])
-    record = store.pull("org/Tiny-GGUF")
-    assert record.files[0].path.endswith("tiny-Q5_K_M.gguf")
-
-
 def test_missing_quant_lists_available(hub: FakeHub, store: Store) -> None:
     quant_repo(hub, ["Q4_K_M", "Q8_0"])
     with pytest.raises(FileNotInRepoError) as caught:

@@ -165,6 +165,14 @@ def test_best_of_returns_n_of_its_candidates_and_counts_them_all(client: openai.
     assert len(scored) == 1 and len(scored[0].logprobs.tokens) == 4
 
 
+def test_best_of_beyond_parallel_generates_in_rounds(client: openai.OpenAI, smollm_engine: Any) -> None:
+    candidates = smollm_engine.parallel + 2
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 3, "logit_bias": {"0": -100, "2": -100}}
+    result = client.completions.create(**body, n=2, best_of=candidates, seed=11)
+    assert [c.index for c in result.choices] == [0, 1]
+    assert result.usage.completion_tokens == candidates * 3
+
+
 @pytest.mark.parametrize(("fields", "message"), [
     ({"n": 3, "best_of": 2}, "best_of must be greater than or equal to n."),
     ({"best_of": 2, "stream": True}, "Cannot stream results with best_of greater than n."),

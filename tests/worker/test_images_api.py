@@ -162,6 +162,20 @@ def test_edit_with_mask_streams_image_edit_events(served: dict[str, Any]) -> Non
     assert decode(base64.b64decode(events[0].b64_json)).size == (SIZE, SIZE)
 
 
+@pytest.mark.parametrize("sampler", ["euler_a", "lcm"])
+def test_a_masked_edit_repaints_only_where_the_mask_is_transparent(served: dict[str, Any], sampler: str) -> None:
+    solid = png(Image.new("RGB", (SIZE, SIZE), (200, 30, 30)))
+    result = served["client"].images.edit(model=MODEL, image=("in.png", solid, "image/png"), prompt="a window",
+                                          mask=("mask.png", mask(), "image/png"),
+                                          extra_body={"sampler": sampler, "seed": 3})
+    image = decode(base64.b64decode(result.data[0].b64_json)).convert("RGB")
+    kept = [(5, 5), (SIZE - 6, 5), (5, SIZE - 6), (SIZE // 4 - 8, SIZE // 2), (SIZE // 2, 3 * SIZE // 4 + 8)]
+    assert [image.getpixel(xy) for xy in kept] == [(200, 30, 30)] * len(kept)  # opaque in the mask: the input
+    inside = [image.getpixel((x, y)) for x in range(SIZE // 4 + 8, 3 * SIZE // 4 - 8, 16)
+              for y in range(SIZE // 4 + 8, 3 * SIZE // 4 - 8, 16)]
+    assert sum(pixel != (200, 30, 30) for pixel in inside) > len(inside) // 2  # transparent: repainted
+
+
 def test_mask_alpha_becomes_white_repaint_area() -> None:
     import asyncio
 

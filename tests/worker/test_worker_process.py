@@ -50,7 +50,7 @@ def sock(stacklet_home: Path) -> Path:
 
 
 @pytest.mark.parametrize(("kind", "capabilities"), [
-    ("llm", ["chat", "completions", "embeddings"]),
+    ("llm", ["chat", "completions", "detokenize", "embeddings", "tokenize"]),
     ("image", ["image_edits", "images"]),
     ("transcription", ["transcriptions", "translations"]),
 ])

@@ -3,6 +3,7 @@
 engine (LlamaEngine, the TextEngine the worker calls) -> batch (BatchEngine: one decode thread, one
 context) -> generation (GenerationLoop: admission, pre-emption, one decode per step) -> sequence
 (a request's choices and sampler chains) -> kv (the KV ledger) -> hostcache (idle prefixes in RAM);
+vision (the mmproj's image encoder, and image spans in prompts);
 embed (shared decodes for embeddings); stream (DeltaStream, how a caller reads a request); leaves:
 vocab, stops, defaults (context, parallel and cache-type defaults, the KV-size estimate), and the
 prompt side: chat_template, toolcalls (formats written and parsed), grammar (JSON schema -> GBNF),

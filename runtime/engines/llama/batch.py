@@ -30,6 +30,7 @@ from runtime.engines.llama.generation import GenerationLoop
 from runtime.engines.llama.sequence import Choice, GenerationRequest, SamplerChain
 from runtime.engines.llama.stops import StopScanner
 from runtime.engines.llama.stream import DeltaStream
+from runtime.engines.llama.vision import ImageSpan
 from runtime.engines.llama.vocab import Vocab
 from runtime.errors import EngineError, InvalidRequestError, check_context
 from runtime.http.bridge import DONE, POLL_S
@@ -41,10 +42,13 @@ FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
 
 
 class BatchEngine:
-    def __init__(self, model_path: Path | str, options: EngineOptions, *, embedding: bool) -> None:
+    def __init__(self, model_path: Path | str, options: EngineOptions, *, embedding: bool,
+                 rank: bool = False) -> None:
+        """`rank`: score (query, document) pairs with the model's classification head (embedding too)."""
         logging.getLogger("llama-cpp-python").setLevel(logging.WARNING)  # llama.cpp logs every load step
         ll.llama_backend_init()  # idempotent: it only initialises tables and loads backends once
         self.embedding = embedding
+        self.rank = rank
         self._model = _load_model(Path(model_path), options)
         self.vocab = Vocab(self._model)
         self.n_embd = ll.llama_model_n_embd(self._model)
@@ -75,7 +79,8 @@ class BatchEngine:
             self.parallel = 0
             self._n_seqs = min(256, max(64, options.parallel or 0))
             params.embeddings = True
-            params.pooling_type = self._pooling_type()
+            # Rerankers converted without pooling metadata still rank (llama-server needs --reranking for them).
+            params.pooling_type = ll.LLAMA_POOLING_TYPE_RANK if self.rank else self._pooling_type()
             params.kv_unified = True  # causal models used to embed: any input may take the whole cache
         else:
             n_ctx = chat_context(n_ctx_train, options)
@@ -109,13 +114,19 @@ class BatchEngine:
 
     # Work
 
+    @property
+    def model(self) -> Any:
+        """The llama.cpp model, for the projector that feeds it images (vision.py)."""
+        return self._model
+
     def generate(self, prompt_tokens: list[int], params: SamplingParams, n: int, usage: Usage,
-                 cancel: threading.Event) -> DeltaStream:
+                 cancel: threading.Event, images: list[ImageSpan] | None = None) -> DeltaStream:
         """Deltas for `n` choices of one prompt, decoded together with every other request."""
         check_generation(prompt_tokens, n, parallel=self.parallel, context_length=self.context_length,
                          embedding_only=self.embedding)
         usage.prompt_tokens = len(prompt_tokens)
-        request = GenerationRequest(list(prompt_tokens), params, usage, cancel, next(self._ages))
+        request = GenerationRequest(list(prompt_tokens), params, usage, cancel, next(self._ages),
+                                    images=list(images or []))
         window = self.context_length
         for index in range(n):
             seed = None if params.seed is None else params.seed + index

@@ -33,7 +33,10 @@ class EmbeddingBatcher:
     def __init__(self, ctx: Any, model: Any, batch_tokens: int, n_seqs: int) -> None:
         self._ctx = ctx
         self._memory = ll.llama_get_memory(ctx)  # None for encoder-only models such as BERT
-        self._n_embd = ll.llama_model_n_embd_out(model) or ll.llama_model_n_embd(model)
+        # Rank pooling leaves the classification head's raw outputs instead of a vector: scores, not normalised.
+        self._rank = ll.llama_pooling_type(ctx) == ll.LLAMA_POOLING_TYPE_RANK
+        self._n_embd = (ll.llama_model_n_cls_out(model) if self._rank
+                        else ll.llama_model_n_embd_out(model) or ll.llama_model_n_embd(model))
         self._batch_tokens = batch_tokens
         self._n_seqs = n_seqs
         self._batch = ll.llama_batch_init(batch_tokens, 0, 1)
@@ -104,5 +107,7 @@ class EmbeddingBatcher:
     def _vector(self, seq: int) -> list[float]:
         pointer = ll.llama_get_embeddings_seq(self._ctx, seq)
         raw = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(self._n_embd,))
+        if self._rank:
+            return raw.tolist()
         norm = float(np.linalg.norm(raw))
         return (raw / norm if norm > 0 else raw).tolist()

@@ -5,11 +5,16 @@ Admission is by free KV cells; only active sequences hold cells (finished ones w
 cache). When a step needs cells that are not free, the youngest request is pre-empted: its state
 moves to the host cache and it waits at the head of the queue with everything it generated, to be
 restored and continued without losing a token.
+
+A prompt's images (vision.py) are fed as embeddings in a decode of their own within the same step:
+llama.cpp takes either tokens or embeddings in one batch, so a step may run one image chunk
+besides the batch of tokens, and image requests still advance alongside text ones.
 """
 
 from __future__ import annotations
 
 import bisect
+import ctypes
 from typing import Any
 
 import llama_cpp.llama_cpp as ll
@@ -37,6 +42,8 @@ class GenerationLoop:
         self._pending: list[GenerationRequest] = []  # oldest first
         self._active: list[GenerationRequest] = []  # in admission order
         self._preemptions = 0
+        self._image_batch: Any = None  # an embeddings batch, made for the first image
+        self._image_width = 0
 
     @property
     def idle(self) -> bool:
@@ -59,11 +66,15 @@ class GenerationLoop:
         for request in self._pending + self._active:
             self._close(request)
         ll.llama_batch_free(self._batch)
+        if self._image_batch is not None:
+            ll.llama_batch_free(self._image_batch)
 
     def step(self) -> None:
         self._drop_cancelled()
         self._admit()
-        plan = self._plan()
+        plan, image = self._plan()
+        if image is not None and not self._decode_image(*image):
+            return
         outputs = self._decode(plan) if plan else None
         if outputs:
             self._sample(outputs)
@@ -118,6 +129,9 @@ class GenerationLoop:
         """The cached prefix to start from; at least the last token is always evaluated again."""
         prefix = self._ledger.best_prefix(choice.tokens)
         prefix.length = min(prefix.length, len(choice.tokens) - 1)
+        image = choice.request.image_at(prefix.length)
+        if image is not None and image.non_causal:
+            prefix.length = image.start  # its cells attend to the whole image: never start in the middle
         return prefix
 
     def _reserved(self) -> int:
@@ -156,8 +170,9 @@ class GenerationLoop:
 
     # One step
 
-    def _plan(self) -> list[tuple[Choice, int]]:
-        """(choice, tokens to feed) for this step: every generating choice, then prompt chunks."""
+    def _plan(self) -> tuple[list[tuple[Choice, int]], tuple[Choice, int] | None]:
+        """(choice, tokens to feed) for this step: every generating choice, then prompt chunks; and at
+        most one chunk of image embeddings. Text chunks stop where an image starts."""
         while True:
             ready = [c for r in self._active for c in r.choices
                      if not c.finished and (r.forked or c.index == 0)]
@@ -166,17 +181,27 @@ class GenerationLoop:
                 break
             self._free_cells_by_preempting()
         plan = [(c, 1) for c in decoding]
+        image_chunk = None
         prefilling = [c for c in ready if c.pending > 1]
         room = min(self._batch_size, self._ledger.free_cells) - len(plan)
         for choice in prefilling:
             if room <= 0:
                 break
-            take = min(choice.pending, room)
+            request = choice.request
+            image = request.image_at(choice.n_past)
+            if image is not None:
+                take = min(image.end - choice.n_past, room)
+                if image_chunk is None and (take == image.end - choice.n_past or not image.non_causal):
+                    image_chunk = (choice, take)
+                    room -= take
+                continue
+            following = request.next_image(choice.n_past)
+            take = min(choice.pending if following is None else following - choice.n_past, room)
             plan.append((choice, take))
             room -= take
-        if not plan and self._active:
+        if not plan and image_chunk is None and self._active:
             self._free_cells_by_preempting()
-        return plan
+        return plan, image_chunk
 
     def _decode(self, plan: list[tuple[Choice, int]]) -> list[tuple[Choice, int]] | None:
         """Decode the plan; the choices that completed their input, with their output rows."""
@@ -204,6 +229,43 @@ class GenerationLoop:
             self._ledger.append(choice.seq, choice.tokens[choice.n_past:choice.n_past + take])
             choice.n_past += take
         return outputs
+
+    def _decode_image(self, choice: Choice, take: int) -> bool:
+        """Feed `take` of the image embeddings at the choice's position; False if the step must stop."""
+        image = choice.request.image_at(choice.n_past)
+        assert image is not None
+        offset = choice.n_past - image.start
+        rows = image.embeddings[offset:offset + take]
+        batch = self._embeddings_batch(rows.shape[1])
+        ctypes.memmove(batch.embd, rows.ctypes.data, rows.nbytes)
+        for i in range(take):
+            batch.pos[i] = choice.n_past + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = choice.seq
+            batch.logits[i] = 0
+        batch.n_tokens = take
+        if image.non_causal:
+            ll.llama_set_causal_attn(self._ctx, False)
+        status = ll.llama_decode(self._ctx, batch)
+        if image.non_causal:
+            ll.llama_set_causal_attn(self._ctx, True)
+        if status == DECODE_NO_SLOT:
+            self._free_cells_by_preempting()
+            return False
+        if status != 0:
+            self._fail_all(EngineError(f"llama.cpp failed to decode an image (status {status})."))
+            return False
+        self._ledger.append(choice.seq, choice.tokens[choice.n_past:choice.n_past + take])
+        choice.n_past += take
+        return True
+
+    def _embeddings_batch(self, width: int) -> Any:
+        if self._image_width != width:
+            if self._image_batch is not None:
+                ll.llama_batch_free(self._image_batch)
+            self._image_batch = ll.llama_batch_init(self._batch_size, width, 1)
+            self._image_width = width
+        return self._image_batch
 
     def _fail_all(self, error: Exception) -> None:
         for request in self._active:

@@ -2,7 +2,8 @@
 
 A `Choice` is one generated sequence: the tokens it holds (prompt, then sampled tokens), how
 many of them are in the KV cache (`n_past`), its own llama.cpp sampler chain, and the text
-filter that holds back anything that may be the start of a stop string.
+filter that holds back anything that may be the start of a stop string. A request's images are
+spans of its prompt that are fed as embeddings (vision.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from runtime.engines.base import SamplingParams, TextDelta, TokenLogprob, Usage
 from runtime.engines.llama.stops import StopScanner
+from runtime.engines.llama.vision import ImageSpan
 from runtime.engines.llama.vocab import Vocab
 from runtime.errors import InvalidRequestError
 from runtime.http.bridge import DONE, Mailbox
@@ -99,6 +101,15 @@ class GenerationRequest:
     forked: bool = False  # choices beyond the first share the prompt once it is evaluated
     admitted_before: bool = False
     abandoned: threading.Event = field(default_factory=threading.Event)  # the caller stopped reading
+    images: list[ImageSpan] = field(default_factory=list)  # in prompt order
+
+    def image_at(self, pos: int) -> ImageSpan | None:
+        """The image whose embeddings hold prompt position `pos`, if any."""
+        return next((image for image in self.images if image.start <= pos < image.end), None)
+
+    def next_image(self, pos: int) -> int | None:
+        """Where the first image at or after `pos` starts, if one does."""
+        return next((image.start for image in self.images if image.start >= pos), None)
 
     @property
     def cancelled(self) -> bool:

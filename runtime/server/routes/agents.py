@@ -20,6 +20,7 @@ from runtime.protocol.messages import AnthropicError, CountTokensRequest, Create
 from runtime.protocol.requests import REQUEST_SCHEMAS
 from runtime.protocol.responses import CreateResponseRequest
 from runtime.server.auth import check_key, presented_key, require_api_key
+from runtime.server.balancer import prefix_key
 from runtime.server.openapi import ERROR_RESPONSES, request_body, success_response
 from runtime.server.proxy import forward_headers
 from runtime.server.routes.openai import resolve_model, validate_request
@@ -71,11 +72,10 @@ async def _json(request: Request) -> dict[str, Any]:
 
 
 def _relay(request: Request, model: str, body: dict[str, Any], translation: Any) -> TranslatedResponse:
-    record = resolve_model(request, model, CHAT)
+    target = resolve_model(request, model, CHAT, prefix=lambda: prefix_key(body.get("messages")))
     validate_request(request, CHAT_SCHEMA, body)  # a translation that chat refuses fails before a model loads
-    lease = request.app.state.scheduler.lease(record.name, None)
     headers = forward_headers("application/json", str(request.base_url).rstrip("/") + "/v1")
-    return TranslatedResponse(lease, worker_path("chat"), body, headers, translation)
+    return TranslatedResponse(target, worker_path("chat"), body, headers, translation)
 
 
 # Responses

@@ -33,6 +33,7 @@ from runtime.server.imports import local_source
 from runtime.server.openapi import ERROR_RESPONSES, request_body, success_response
 from runtime.server.routes.openai import openai_model, workers_by_model
 from runtime.store.registry import ModelRecord, check_name
+from runtime.store.routes import Route
 from runtime.store.store import Store, check_pull
 
 LOADING_STATES = ("starting", "loading")
@@ -66,10 +67,14 @@ def create_router() -> APIRouter:
 
 async def list_models(request: Request) -> ManagedModelList:
     workers = workers_by_model(request)
-    return ManagedModelList(data=[managed_model(r, workers.get(r.name)) for r in request.app.state.registry.list()])
+    models = [managed_model(r, workers.get(r.name)) for r in request.app.state.registry.list()]
+    return ManagedModelList(data=models + [managed_route(r) for r in request.app.state.routes.routes()])
 
 
 async def get_model(request: Request, model_id: str) -> ManagedModel:
+    route = request.app.state.routes.route(model_id)
+    if route is not None:
+        return managed_route(route)
     record = request.app.state.registry.get(model_id)
     return managed_model(record, workers_by_model(request).get(record.name))
 
@@ -157,3 +162,10 @@ def managed_model(record: ModelRecord, worker: dict[str, Any] | None) -> Managed
         files=[asdict(f) for f in record.files], options=record.options.as_dict(), keep_alive=record.keep_alive,
         worker=worker, expires_at=(worker or {}).get("expires_at"),
     )
+
+
+def managed_route(route: Route) -> ManagedModel:
+    """A route in the management list: its targets and fallbacks (live health: GET /v1/routes)."""
+    meta = {"kind": "route", "targets": [asdict(t) for t in route.targets], "fallbacks": route.fallbacks}
+    return ManagedModel(id=route.name, created=route.created, meta=meta, state="available", kind="route",
+                        engine="router", size=0, source={"type": "route"}, files=[], options={})

@@ -7,12 +7,13 @@ and `/v1`. The worker parses the body again; validating here means bad requests 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import ValidationError
 
-from runtime.errors import InvalidRequestError, ModelNotFoundError
+from runtime.errors import InvalidRequestError
 from runtime.http.errors import validation_error
 from runtime.http.jsonbody import parse_json_body
 from runtime.http.multipart import form_to_dict
@@ -21,10 +22,14 @@ from runtime.protocol.common import OpenAIRequest
 from runtime.protocol.models import Model, ModelList
 from runtime.protocol.requests import REQUEST_SCHEMAS
 from runtime.server.auth import require_api_key
+from runtime.server.balancer import prefix_key
+from runtime.server.dispatch import HOPS_HEADER, MAX_HOPS, Dispatch
 from runtime.server.openapi import ERROR_RESPONSES, request_body, success_response
 from runtime.server.proxy import ProxyResponse, forward_headers
-from runtime.spec import API_PREFIXES, ENDPOINTS, KINDS, WORKER_PREFIX, Endpoint, served_apis
+from runtime.server.resolve import dispatch
+from runtime.spec import API_PREFIXES, ENDPOINTS, WORKER_PREFIX, Endpoint, model_capabilities, served_apis
 from runtime.store.registry import ModelRecord
+from runtime.store.routes import Route
 
 log = logging.getLogger("stacklet")
 
@@ -55,13 +60,13 @@ def _handler(endpoint: Endpoint, prefix: str) -> Any:
     async def handle(request: Request) -> Response:
         body = await request.body()
         payload, content_type = await _parse(request, body, endpoint)
-        record = resolve_model(request, payload.model, endpoint)
         keep_alive = (payload.model_extra or {}).get("keep_alive")
         keep = None if keep_alive is None else parse_keep_alive(keep_alive)
-        lease = request.app.state.scheduler.lease(record.name, keep)
+        target = resolve_model(request, payload.model, endpoint, keep,
+                               lambda: prefix_key(getattr(payload, "messages", None), getattr(payload, "prompt", None)))
         # The worker builds absolute URLs (images) from the public base URL the client called.
         headers = forward_headers(content_type, str(request.base_url).rstrip("/") + prefix)
-        return ProxyResponse(lease, WORKER_PREFIX + endpoint.path, body, headers)
+        return ProxyResponse(target, WORKER_PREFIX + endpoint.path, body, headers)
 
     handle.__name__ = endpoint.operation_id
     return handle
@@ -96,27 +101,31 @@ def validate_request(request: Request, schema: type[OpenAIRequest], data: dict[s
     return payload
 
 
-def resolve_model(request: Request, name: str, endpoint: Endpoint) -> ModelRecord:
-    record = request.app.state.registry.find(name)
-    if record is None:
-        raise ModelNotFoundError(name)
-    if endpoint.capability not in KINDS[record.kind].capabilities:
-        raise InvalidRequestError(
-            f"The model `{name}` is a {record.kind} model and does not support /v1{endpoint.path}. "
-            "See `stacklet list` for the models that do.",
-            param="model", code="model_not_supported",
-        )
-    return record
+def resolve_model(request: Request, name: str, endpoint: Endpoint, keep_alive: float | None = None,
+                  prefix: Callable[[], str | None] = lambda: None) -> Dispatch:
+    """The targets that serve `name` (a route, a local model or `remote:model`) on `endpoint`, in order."""
+    hops = request.headers.get(HOPS_HEADER, "0")
+    return dispatch(request.app.state, name, endpoint.capability, endpoint.path, keep_alive, prefix,
+                    int(hops) if hops.isdigit() and len(hops) < 4 else MAX_HOPS)
 
 
 async def list_models(request: Request) -> ModelList:
     workers = workers_by_model(request)
-    return ModelList(data=[openai_model(r, workers.get(r.name)) for r in request.app.state.registry.list()])
+    models = [openai_model(r, workers.get(r.name)) for r in request.app.state.registry.list()]
+    return ModelList(data=models + [route_model(r) for r in request.app.state.routes.routes()])
 
 
 async def retrieve_model(request: Request, model_id: str) -> Model:
+    route = request.app.state.routes.route(model_id)
+    if route is not None:
+        return route_model(route)
     record = request.app.state.registry.get(model_id)
     return openai_model(record, workers_by_model(request).get(record.name))
+
+
+def route_model(route: Route) -> Model:
+    """A route, listed like a model (the management API adds its targets)."""
+    return Model(id=route.name, created=route.created, meta={"kind": "route"})
 
 
 def workers_by_model(request: Request) -> dict[str, dict[str, Any]]:
@@ -125,7 +134,7 @@ def workers_by_model(request: Request) -> dict[str, dict[str, Any]]:
 
 def openai_model(record: ModelRecord, worker: dict[str, Any] | None) -> Model:
     facts = {**record.metadata, **((worker or {}).get("engine") or {})}
-    capabilities = KINDS[record.kind].capabilities
+    capabilities = model_capabilities(record.kind, record.metadata)
     meta = {"kind": record.kind, "capabilities": sorted(capabilities), "apis": served_apis(capabilities)}
     meta.update({key: facts[key] for key in META_KEYS if key in facts})
     return Model(id=record.name, created=record.created, meta=meta)

@@ -1,0 +1,63 @@
+"""`stacklet search`: Hugging Face repos with files stacklet can pull, their quants and sizes.
+
+The hub's model search (repo names containing the query, with the tag the kind's files carry, most
+downloaded first), then each repo's file list, read as a pull would read it (runtime.store.selection).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import FileNotInRepoError, InvalidRequestError, StackletError
+from runtime.store import selection
+from runtime.store.hub import Hub, RepoListing
+
+# The hub tag that repos of each kind's files carry.
+TAGS = {"llm": "gguf", "embedding": "gguf", "image": "text-to-image", "speech": "onnx", "transcription": "ctranslate2"}
+MAX_RESULTS = 50  # each result costs one more request (its file list)
+
+
+def search(models_dir: Path, query: str, kind: str = "llm", limit: int = 10, token: str | None = None,
+           endpoint: str | None = None) -> list[dict[str, Any]]:
+    """[{repo, downloads, format, quants: [{quant, size}], size, pull}] for the repos that have model files."""
+    if not query.strip() or len(query) > 200:
+        raise InvalidRequestError("Give a search word of 1 to 200 characters, e.g. stacklet search SmolLM2.")
+    if kind not in TAGS:
+        raise InvalidRequestError(f"Unknown kind {kind[:32]!r}: use one of {', '.join(TAGS)}.", param="kind")
+    if not 1 <= limit <= MAX_RESULTS:
+        raise InvalidRequestError(f"--limit takes 1 to {MAX_RESULTS}.", param="limit")
+    hub = Hub(models_dir, token=token, endpoint=endpoint)
+    found = []
+    for repo, downloads in hub.search(query.strip(), TAGS[kind], limit):
+        try:
+            summary = summarise(hub.list_files(repo))
+        except StackletError:  # gated, gone since the search, or an answer that cannot be right: not listed
+            continue
+        if summary is not None:
+            found.append({"repo": repo, "downloads": downloads, **summary})
+    return found
+
+
+def summarise(listing: RepoListing) -> dict[str, Any] | None:
+    """What a repo offers: GGUF quants with their sizes, or the one model a pull would take (None: nothing)."""
+    paths = sorted(listing.files)
+    groups = selection.quant_groups(paths)
+    if groups:
+        quants = sorted(({"quant": quant or "(unlabelled)", "size": sum(listing.files[p].size for p in group)}
+                         for quant, group in groups.items()), key=lambda q: (q["size"], q["quant"]))
+        return {"format": "gguf", "quants": quants, "size": None, "pull": f"hf.co/{listing.repo}"}
+    try:
+        chosen = selection.select(paths)
+    except FileNotInRepoError:  # a collection (voices, checkpoints): a pull chooses one with --file
+        voices = [p for p in paths if p.endswith(".onnx") and p + ".json" in listing.files]
+        checkpoints = [p for p in paths if p.lower().endswith(selection.DIFFUSION_SUFFIXES)]
+        form, files = ("piper", voices) if voices else ("diffusion", checkpoints)
+        if not files:
+            return None
+        return {"format": form, "quants": [], "size": sum(listing.files[p].size for p in files),
+                "pull": f"hf.co/{listing.repo} --file NAME ({len(files)} to choose from)"}
+    model = chosen[0].path
+    form = "whisper" if model.endswith("model.bin") else "piper" if model.endswith(".onnx") else "diffusion"
+    return {"format": form, "quants": [], "size": sum(listing.files[s.path].size for s in chosen),
+            "pull": f"hf.co/{listing.repo}"}

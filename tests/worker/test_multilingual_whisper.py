@@ -1,0 +1,57 @@
+"""Transcription in other languages and translation on a real multilingual Whisper (base).
+
+The clips were made once with espeak-ng 1.51: `espeak-ng -v it -s 120 "Buongiorno, mi chiamo Marco e abito a
+Roma."` (tests/data/buongiorno-it.wav) and `-v es -s 120 "Hola, buenos días. Me llamo María y vivo en Madrid."`
+(hola-es.wav). The robot voice and the base model get most words: the tests assert the robust ones.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from apps import audio_app
+
+from runtime.engines.transcribe import WhisperEngine
+from runtime.spec import ModelSpec
+
+DATA = Path(__file__).parent.parent / "data"
+ITALIAN = DATA / "buongiorno-it.wav"
+SPANISH = DATA / "hola-es.wav"
+MODEL = "whisper-base"
+
+
+@pytest.fixture(scope="module")
+def client(whisper_base_dir: Path, live_server: Any) -> Iterator[openai.OpenAI]:
+    engine = WhisperEngine(ModelSpec(MODEL, "transcription", "whisper", {"model": whisper_base_dir}))
+    url = live_server(audio_app(engine)) + "/v1"
+    yield openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+    engine.close()
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"\w+", text.lower()))
+
+
+def test_the_language_is_detected_and_transcribed(client):
+    italian = client.audio.transcriptions.create(model=MODEL, file=ITALIAN, response_format="verbose_json")
+    assert italian.language == "italian"
+    assert {"buongiorno", "chiamo", "marco", "roma"} <= words(italian.text), italian.text
+    spanish = client.audio.transcriptions.create(model=MODEL, file=SPANISH, response_format="verbose_json")
+    assert spanish.language == "spanish"
+    assert {"llamo", "maría"} <= words(spanish.text), spanish.text
+
+
+def test_a_named_language_is_used(client):
+    text = client.audio.transcriptions.create(model=MODEL, file=ITALIAN, language="it").text
+    assert {"buongiorno", "roma"} <= words(text), text
+
+
+def test_translation_is_english(client):
+    translated = client.audio.translations.create(model=MODEL, file=ITALIAN, response_format="verbose_json")
+    assert {"good", "morning", "marco"} <= words(translated.text), translated.text
+    assert translated.task == "translate"
