@@ -83,7 +83,13 @@ def test_chat(model: str = typer.Argument(..., help="Chat model to test."), base
 
 
 def _capabilities(client: Any, model: str) -> list[str]:
-    meta = (client.models.retrieve(model).model_extra or {}).get("meta") or {}
+    """What the server says the model can do; none when it does not say (any OpenAI-compatible server)."""
+    import openai
+
+    try:
+        meta = (client.models.retrieve(model).model_extra or {}).get("meta") or {}
+    except openai.APIError:
+        return []
     return meta.get("capabilities") or []
 
 
