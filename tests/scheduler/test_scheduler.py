@@ -33,6 +33,7 @@ from runtime.errors import InvalidRequestError
 from runtime.http.errors import install_error_handlers
 from runtime.options import EngineOptions, parse_keep_alive
 from runtime.scheduler.scheduler import Scheduler
+from runtime.scheduler.worker_client import WorkerResponse
 from runtime.server.proxy import ProxyResponse, forward_headers
 from runtime.store.registry import ModelFile, ModelRecord, Registry
 
@@ -78,6 +79,23 @@ def fake_models(tmp_path: Path, models: dict[str, dict[str, Any]], options: dict
     return loaded, registry
 
 
+class WorkerLease:
+    """The scheduler's lease as the relay takes it (the server's dispatch does this for every local target)."""
+
+    def __init__(self, lease: Any) -> None:
+        self.lease = lease
+        self.acquired = False
+
+    async def open(self, path: str, body: bytes, headers: dict[str, str]) -> WorkerResponse:
+        socket_path = await self.lease.acquire()
+        self.acquired = True
+        return await WorkerResponse.open(socket_path, path, body, headers)
+
+    def release(self, ok: bool) -> None:
+        if self.acquired:  # a request that left the queue holds no place to give back
+            self.lease.release(ok)
+
+
 class Harness:
     """A scheduler behind a tiny FastAPI app served by uvicorn in a thread."""
 
@@ -106,7 +124,8 @@ class Harness:
             payload = json.loads(body)
             keep_alive = payload.get("keep_alive")
             lease = self.scheduler.lease(payload["model"], None if keep_alive is None else parse_keep_alive(keep_alive))
-            return ProxyResponse(lease, "/v1/" + path, body, forward_headers("application/json", self.url))
+            return ProxyResponse(WorkerLease(lease), "/v1/" + path, body,
+                                 forward_headers("application/json", self.url))
 
         return app
 
@@ -229,7 +248,8 @@ def test_queue_overflow_is_503_with_retry_after(start: Callable[..., Harness]) -
 def test_client_leaving_the_queue_frees_its_place(start: Callable[..., Harness]) -> None:
     harness = start({"m": {"fake_delay": 0.05}}, options={"m": {"parallel": 1}})
     running = harness.chat("m", stream=True, max_tokens=400)
-    next(iter(running))
+    chunks = iter(running)  # keep a reference: a collected iterator closes the connection
+    next(chunks)
     impatient = harness.client(timeout=0.5)
     with pytest.raises(openai.APITimeoutError):
         impatient.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
