@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub.constants  # noqa: F401  (it reads HF_HUB_OFFLINE once, on import: before any test sets it)
 import pytest
 import testmodels
 

@@ -60,8 +60,17 @@ def closed_by_server(sock: socket.socket) -> bool:
 
 
 def get_health(sock: socket.socket) -> bytes:
+    """One whole response (head and Content-Length body), however the server's writes arrive."""
     sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-    return sock.recv(65536)
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(65536)
+    head, _, body = response.partition(b"\r\n\r\n")
+    sizes = [line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")]
+    length = int(sizes[0])
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
 
 
 def test_a_connection_that_sends_nothing_is_closed(server):
