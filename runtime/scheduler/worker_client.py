@@ -48,9 +48,9 @@ class WorkerResponse:
             raise
         return response
 
-    async def _request(self, path: str, body: bytes | None, headers: dict[str, str]) -> None:
+    async def _request(self, path: str, body: bytes | None, headers: dict[str, str], host: str = "worker") -> None:
         method = "GET" if body is None else "POST"
-        fields = [("host", "worker"), ("content-length", str(len(body or b""))), *headers.items()]
+        fields = [("host", host), ("content-length", str(len(body or b""))), *headers.items()]
         try:
             self._writer.write(self._conn.send(h11.Request(method=method, target=path, headers=fields))
                                + self._conn.send(h11.Data(data=body or b"")) + self._conn.send(h11.EndOfMessage()))

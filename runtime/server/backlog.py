@@ -34,11 +34,11 @@ class Backlog:
         self.limit = limit
         self.waiting = 0  # bytes queued and not yet handed to the server
         self.queue: asyncio.Queue[Message] = asyncio.Queue()
-        self.sender = asyncio.ensure_future(self._send_all())
+        self.sender: asyncio.Task[None] | None = None  # started with the first chunk: most answers fail or end first
 
     def write(self, data: bytes) -> None:
         """Queue a chunk of the body; raises ClientTooSlowError once the client is `limit` bytes behind."""
-        if self.sender.done():
+        if self.sender is not None and self.sender.done():
             self.sender.result()  # the send failed (the client went away): raise why
         if not data:
             return
@@ -50,14 +50,18 @@ class Backlog:
         """Queue the last chunk (past the limit: it is the end, or the error that ends a cut stream) and wait
         until the client has taken everything."""
         self._queue(tail, more_body=False)
+        assert self.sender is not None
         await self.sender
 
     def cancel(self) -> None:
-        self.sender.cancel()
+        if self.sender is not None:
+            self.sender.cancel()
 
     def _queue(self, data: bytes, more_body: bool) -> None:
         self.waiting += len(data)
         self.queue.put_nowait({"type": "http.response.body", "body": data, "more_body": more_body})
+        if self.sender is None:
+            self.sender = asyncio.ensure_future(self._send_all())
 
     async def _send_all(self) -> None:
         while True:

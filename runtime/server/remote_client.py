@@ -13,9 +13,7 @@ from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 
-import h11
-
-from runtime.scheduler.worker_client import READ_SIZE, WorkerResponse, WorkerUnreachable
+from runtime.scheduler.worker_client import WorkerResponse, WorkerUnreachable
 
 CONNECT_TIMEOUT_S = 5.0
 CHECK_TIMEOUT_S = 5.0
@@ -67,29 +65,11 @@ class RemoteResponse(WorkerResponse):
         response = cls(_TimedReader(reader, timeout), writer)  # type: ignore[arg-type]
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         try:
-            await response._send(parts.netloc, target, body, headers)
+            await response._request(target, body, headers, host=parts.netloc)
         except BaseException:
             response.close()
             raise
         return response
-
-    async def _send(self, host: str, target: str, body: bytes | None, headers: dict[str, str]) -> None:
-        method = "GET" if body is None else "POST"
-        fields = [("host", host), ("content-length", str(len(body or b""))), *headers.items()]
-        try:
-            self._writer.write(self._conn.send(h11.Request(method=method, target=target, headers=fields))
-                               + self._conn.send(h11.Data(data=body or b"")) + self._conn.send(h11.EndOfMessage()))
-            while True:
-                event = self._conn.next_event()
-                if event is h11.NEED_DATA:
-                    self._conn.receive_data(await self._reader.read(READ_SIZE))
-                elif isinstance(event, h11.Response):
-                    self.status, self.headers = event.status_code, list(event.headers)
-                    return
-                elif not isinstance(event, h11.InformationalResponse):
-                    raise WorkerUnreachable(f"unexpected {type(event).__name__} before the response")
-        except (OSError, h11.ProtocolError) as exc:
-            raise WorkerUnreachable(str(exc)) from exc
 
     async def read_body(self, limit: int) -> bytes:
         """The whole body, at most `limit` bytes (WorkerUnreachable past it)."""
