@@ -36,6 +36,9 @@ NoMmapOption = Annotated[bool, typer.Option("--no-mmap", help="Read weights into
 VaeTilingOption = Annotated[bool, typer.Option("--vae-tiling", help="Images: decode in tiles to save memory.")]
 ClipOnCpuOption = Annotated[bool, typer.Option("--clip-on-cpu", help="Images: keep the text encoders on the CPU.")]
 VaeOnCpuOption = Annotated[bool, typer.Option("--vae-on-cpu", help="Images: keep the VAE on the CPU.")]
+TokenIdsOption = Annotated[str | None, typer.Option(
+    "--token-ids", help="Embeddings: read integer inputs as the model's own ids (model) or as OpenAI's (cl100k_base, "
+    "what LangChain's OpenAIEmbeddings sends). Default: cl100k_base for OpenAI's embedding model names.")]
 
 
 def engine_given(values: dict[str, Any]) -> dict[str, Any]:

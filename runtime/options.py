@@ -21,6 +21,7 @@ from runtime.errors import InvalidRequestError
 
 FLASH_ATTN = ("auto", "on", "off")
 SPLIT_MODES = ("none", "layer", "row")
+TOKEN_ID_VOCABULARIES = ("model", "cl100k_base")  # how /embeddings reads integer inputs (protocol/openai_ids.py)
 # Ranges llama.cpp runs with; past them it asserts, segfaults or (through ctypes) silently wraps.
 MIN_CTX_SIZE = 256  # it rounds contexts up to a multiple of 256, and one below its sequence count asserts
 MAX_CTX_SIZE = 2**31 - 1  # the model's training context is checked at load (check_context_size)
@@ -61,6 +62,7 @@ class EngineOptions:
     vae_tiling: bool | None = None
     clip_on_cpu: bool | None = None
     vae_on_cpu: bool | None = None
+    token_ids: str | None = None  # not the engine's: the server decodes OpenAI's ids before the worker sees them
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -207,6 +209,7 @@ _PARSERS = {
     "vae_tiling": _flag,
     "clip_on_cpu": _flag,
     "vae_on_cpu": _flag,
+    "token_ids": _choice(TOKEN_ID_VOCABULARIES),
     "main_gpu": _bounded(0, lambda: MAX_DEVICES - 1),
     "ctx_size": _ctx_size,
     "parallel": _bounded(1, lambda: MAX_PARALLEL),

@@ -275,6 +275,7 @@ def set_options(
     vae_tiling: options.VaeTilingOption = False,
     clip_on_cpu: options.ClipOnCpuOption = False,
     vae_on_cpu: options.VaeOnCpuOption = False,
+    token_ids: options.TokenIdsOption = None,
     keep_alive: str | None = typer.Option(None, "--keep-alive", help="How long the model stays loaded when idle: "
                                           "seconds or 30s/5m/1h; negative = forever."),
     unset: list[str] | None = UnsetOption,

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from cli import output
-from cli.options import JsonOption
+from cli.options import JsonOption, TokenIdsOption
 from cli.output import say
 
 ROUTE_HELP = """Public model names that resolve to local models or models on remotes.
@@ -45,9 +45,10 @@ def set_route(
                                                       "(repeatable; default 1).")] = None,
     fallbacks: Annotated[list[str] | None, typer.Option("--fallback", help="Tried in order when every target "
                                                         "fails (repeatable).")] = None,
+    token_ids: TokenIdsOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Create or replace a route. With --json: {name, targets: [{target, weight}], fallbacks, created}."""
+    """Create or replace a route. With --json: {name, targets: [{target, weight}], fallbacks, token_ids, created}."""
     from runtime.errors import InvalidRequestError
     from runtime.store.routes import Route, Target
 
@@ -59,7 +60,7 @@ def set_route(
     store = _store()
     try:
         route = store.set_route(Route(name, [Target(t, w) for t, w in zip(names, weights, strict=True)],
-                                      fallbacks or []))
+                                      fallbacks or [], token_ids and token_ids.strip().lower()))
     finally:
         store.close()
     if as_json:
@@ -70,7 +71,7 @@ def set_route(
 
 @route_app.command("list")
 def list_routes(as_json: JsonOption = False) -> None:
-    """List routes. With --json: a list of {name, targets: [{target, weight}], fallbacks, created}."""
+    """List routes. With --json: a list of {name, targets: [{target, weight}], fallbacks, token_ids, created}."""
     store = _store()
     try:
         routes = store.routes()

@@ -76,21 +76,21 @@ def test_chat(model: str = typer.Argument(..., help="Chat model to test."), base
         answer = json.loads(result.choices[0].message.content or "")
         _expect(isinstance(answer.get("colour"), str), "the answer does not match the schema")
         check.detail = result.choices[0].message.content or ""
-    if "vision" in _capabilities(client, model):
+    if "vision" in _meta(client, model).get("capabilities", []):
         with report.check("image input") as check:
             _check_images(check, client, model)
     report.finish(as_json)
 
 
-def _capabilities(client: Any, model: str) -> list[str]:
-    """What the server says the model can do; none when it does not say (any OpenAI-compatible server)."""
+def _meta(client: Any, model: str) -> dict[str, Any]:
+    """What the server says about the model (stacklet's `meta`); nothing when it does not say (any
+    OpenAI-compatible server)."""
     import openai
 
     try:
-        meta = (client.models.retrieve(model).model_extra or {}).get("meta") or {}
+        return (client.models.retrieve(model).model_extra or {}).get("meta") or {}
     except openai.APIError:
-        return []
-    return meta.get("capabilities") or []
+        return {}
 
 
 def _check_images(check: Check, client: Any, model: str) -> None:
@@ -177,7 +177,22 @@ def test_embeddings(model: str = typer.Argument(..., help="Embedding model to te
         near, far = float(floats[0] @ floats[1]), float(floats[0] @ floats[2])
         _expect(near > far, "similar sentences are not closer than unrelated ones")
         check.detail = f"cos(cat, kitten)={near:.2f} > cos(cat, stocks)={far:.2f}"
+    if _meta(client, model).get("token_ids") == "cl100k_base":
+        with report.check("OpenAI token ids") as check:
+            _check_openai_ids(client, model, texts, vectors["float"])
+            check.detail = "cl100k_base ids give the vectors of the text they spell"
     report.finish(as_json)
+
+
+def _check_openai_ids(client: Any, model: str, texts: list[str], expected: list[list[float]]) -> None:
+    """What LangChain's OpenAIEmbeddings sends: the texts as OpenAI's cl100k_base token ids."""
+    import bpe_openai
+    import numpy as np
+
+    encoding = bpe_openai.get_encoding("cl100k_base")
+    result = client.embeddings.create(model=model, input=[encoding.encode(text) for text in texts])
+    vectors = np.array([d.embedding for d in result.data])
+    _expect(np.allclose(vectors, np.array(expected), atol=1e-4), "token ids and their text give different vectors")
 
 
 def _check_chat_stream(check: Check, stream: Any) -> None:

@@ -21,6 +21,7 @@ class SetRouteRequest(BaseModel):
 
     targets: list[RouteTarget | str] = Field(max_length=16)
     fallbacks: list[str] = Field(default=[], max_length=16)
+    token_ids: Literal["model", "cl100k_base"] | None = None  # None: cl100k_base for OpenAI's embedding model names
 
 
 class RouteInfo(BaseModel):
@@ -29,6 +30,7 @@ class RouteInfo(BaseModel):
     created: int
     targets: list[dict[str, Any]]  # {target, weight, healthy, in_flight}
     fallbacks: list[dict[str, Any]]
+    token_ids: str  # how /embeddings reads integer inputs: "model" or "cl100k_base"
 
 
 class RouteList(BaseModel):

@@ -21,9 +21,11 @@ from urllib.parse import urlsplit
 
 from runtime.config import Paths, private_dir
 from runtime.errors import ConflictError, InvalidRequestError, NotFoundError
+from runtime.options import TOKEN_ID_VOCABULARIES
 from runtime.store.registry import check_name, connect, transaction
 
 _REMOTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # no ':' so `remote:model` splits at the first
+_ROUTE_COLUMNS = "name, targets, fallbacks, token_ids, created"
 MAX_TARGETS = 16
 MAX_WEIGHT = 1000
 MAX_KEY_BYTES = 8192
@@ -34,6 +36,7 @@ CREATE TABLE IF NOT EXISTS routes (
     name TEXT PRIMARY KEY,
     targets TEXT NOT NULL,
     fallbacks TEXT NOT NULL,
+    token_ids TEXT,
     created INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS remotes (
@@ -57,6 +60,7 @@ class Route:
     name: str
     targets: list[Target]
     fallbacks: list[str] = field(default_factory=list)
+    token_ids: str | None = None  # how /embeddings reads integer inputs (protocol/openai_ids.py); None: by name
     created: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,11 +116,11 @@ class RouteStore:
     # Routes
 
     def routes(self) -> list[Route]:
-        rows = self._conn.execute("SELECT name, targets, fallbacks, created FROM routes ORDER BY name").fetchall()
+        rows = self._conn.execute(f"SELECT {_ROUTE_COLUMNS} FROM routes ORDER BY name").fetchall()
         return [_route(row) for row in rows]
 
     def route(self, name: str) -> Route | None:
-        row = self._conn.execute("SELECT name, targets, fallbacks, created FROM routes WHERE name = ?",
+        row = self._conn.execute(f"SELECT {_ROUTE_COLUMNS} FROM routes WHERE name = ?",
                                  (name,)).fetchone()
         return _route(row) if row else None
 
@@ -126,6 +130,9 @@ class RouteStore:
         if not route.targets:
             raise InvalidRequestError("A route needs at least one target, e.g. `stacklet route set gpt-4o smol`.",
                                       param="targets")
+        if route.token_ids not in (None, *TOKEN_ID_VOCABULARIES):
+            raise InvalidRequestError(f"Invalid value '{route.token_ids[:40]}' for 'token_ids': use "
+                                      f"{' or '.join(TOKEN_ID_VOCABULARIES)}.", param="token_ids")
         if len(route.targets) + len(route.fallbacks) > MAX_TARGETS:
             raise InvalidRequestError(f"A route has at most {MAX_TARGETS} targets and fallbacks.", param="targets")
         with transaction(self._conn) as conn:
@@ -137,9 +144,9 @@ class RouteStore:
                 if not 1 <= target.weight <= MAX_WEIGHT:
                     raise InvalidRequestError(f"Weights are whole numbers from 1 to {MAX_WEIGHT}.", param="weight")
             route.created = route.created or int(time.time())
-            conn.execute("INSERT OR REPLACE INTO routes (name, targets, fallbacks, created) VALUES (?, ?, ?, ?)",
+            conn.execute(f"INSERT OR REPLACE INTO routes ({_ROUTE_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
                          (route.name, json.dumps([asdict(t) for t in route.targets]), json.dumps(route.fallbacks),
-                          route.created))
+                          route.token_ids, route.created))
         return route
 
     def _check_target(self, conn: sqlite3.Connection, target: str, route: str) -> None:
@@ -253,5 +260,5 @@ def _is_model(conn: sqlite3.Connection, name: str) -> bool:
 
 
 def _route(row: tuple[Any, ...]) -> Route:
-    name, targets, fallbacks, created = row
-    return Route(name, [Target(**t) for t in json.loads(targets)], json.loads(fallbacks), created)
+    name, targets, fallbacks, token_ids, created = row
+    return Route(name, [Target(**t) for t in json.loads(targets)], json.loads(fallbacks), token_ids, created)

@@ -2,7 +2,8 @@
 
 The clips were made once with espeak-ng 1.51: `espeak-ng -v it -s 120 "Buongiorno, mi chiamo Marco e abito a
 Roma."` (tests/data/buongiorno-it.wav) and `-v es -s 120 "Hola, buenos días. Me llamo María y vivo en Madrid."`
-(hola-es.wav). The robot voice and the base model get most words: the tests assert the robust ones.
+(hola-es.wav). The robot voice and the base model get most words, but which ones differs from CPU to CPU
+(one heard "Me diamo Maríal"): the tests ask for most of a clip's words, never for one particular word.
 """
 
 from __future__ import annotations
@@ -37,21 +38,27 @@ def words(text: str) -> set[str]:
     return set(re.findall(r"\w+", text.lower()))
 
 
+def assert_most_heard(expected: set[str], text: str) -> None:
+    heard = expected & words(text)
+    assert len(heard) * 3 >= len(expected) * 2, f"heard {sorted(heard)} of {sorted(expected)} in {text!r}"
+
+
 def test_the_language_is_detected_and_transcribed(client):
     italian = client.audio.transcriptions.create(model=MODEL, file=ITALIAN, response_format="verbose_json")
     assert italian.language == "italian"
-    assert {"buongiorno", "chiamo", "marco", "roma"} <= words(italian.text), italian.text
+    assert_most_heard({"buongiorno", "chiamo", "marco", "abito", "roma"}, italian.text)
     spanish = client.audio.transcriptions.create(model=MODEL, file=SPANISH, response_format="verbose_json")
     assert spanish.language == "spanish"
-    assert {"llamo", "maría"} <= words(spanish.text), spanish.text
+    assert_most_heard({"hola", "buenos", "días", "llamo", "maría", "vivo", "madrid"}, spanish.text)
 
 
 def test_a_named_language_is_used(client):
     text = client.audio.transcriptions.create(model=MODEL, file=ITALIAN, language="it").text
-    assert {"buongiorno", "roma"} <= words(text), text
+    assert_most_heard({"buongiorno", "chiamo", "marco", "abito", "roma"}, text)
 
 
 def test_translation_is_english(client):
     translated = client.audio.translations.create(model=MODEL, file=ITALIAN, response_format="verbose_json")
-    assert {"good", "morning", "marco"} <= words(translated.text), translated.text
+    assert_most_heard({"good", "morning", "marco"}, translated.text)
+    assert "buongiorno" not in words(translated.text), translated.text
     assert translated.task == "translate"

@@ -190,6 +190,13 @@ def physical_cores() -> int:
     return len(siblings) or os.cpu_count() or 1
 
 
+def amx_kernels() -> bool:
+    """Whether this llama.cpp build runs matrix products on Intel AMX (built with GGML_NATIVE on Sapphire Rapids
+    and later). Those kernels crash in ggml_backend_amx_mul_mat on the second sequence of a batch
+    (ggml-org/llama.cpp#20824, still open), so weights are not handed to them."""
+    return b"AMX_INT8 = 1" in ll.llama_print_system_info()
+
+
 def _load_model(path: Path, options: EngineOptions) -> Any:
     params = ll.llama_model_default_params()
     layers = options.n_gpu_layers or "auto"
@@ -203,6 +210,8 @@ def _load_model(path: Path, options: EngineOptions) -> Any:
         params.tensor_split = (ctypes.c_float * ll.llama_max_devices())(*split)
     if options.no_mmap:
         params.load_mode = ll.LLAMA_LOAD_MODE_NONE
+    if amx_kernels():
+        params.use_extra_bufts = False  # weights stay in plain CPU buffers, out of the AMX kernels' reach
     model = ll.llama_model_load_from_file(str(path).encode(), params)
     if not model:
         raise EngineError(f"llama.cpp could not load {path.name}.")

@@ -18,6 +18,7 @@ from runtime.protocol.federation import (
     RouteList,
     SetRouteRequest,
 )
+from runtime.protocol.openai_ids import vocabulary
 from runtime.server.auth import require_admin_key, require_api_key
 from runtime.server.openapi import ERROR_RESPONSES, request_body
 from runtime.server.routes.management import ADMIN_ONLY, read_json
@@ -62,7 +63,7 @@ async def set_route(request: Request, name: str) -> RouteInfo:
     targets = [Target(t) if isinstance(t, str) else Target(t.target, t.weight) for t in body.targets]
     state = request.app.state
     state.upstreams.sync()
-    route = state.routes.set_route(Route(check_name(name), targets, body.fallbacks))
+    route = state.routes.set_route(Route(check_name(name), targets, body.fallbacks, body.token_ids))
     return route_info(state, route)
 
 
@@ -102,7 +103,8 @@ def _route(request: Request, name: str) -> Route:
 def route_info(state: Any, route: Route) -> RouteInfo:
     return RouteInfo(id=route.name, created=route.created,
                      targets=[target_info(state, t.target, t.weight) for t in route.targets],
-                     fallbacks=[target_info(state, f) for f in route.fallbacks])
+                     fallbacks=[target_info(state, f) for f in route.fallbacks],
+                     token_ids=vocabulary(route.name, route.token_ids))
 
 
 def target_info(state: Any, target: str, weight: int | None = None) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from runtime.protocol.models import (
 from runtime.server.auth import require_admin_key, require_api_key
 from runtime.server.imports import local_source
 from runtime.server.openapi import ERROR_RESPONSES, request_body, success_response
-from runtime.server.routes.openai import openai_model, workers_by_model
+from runtime.server.routes.openai import openai_model, say_token_ids, workers_by_model
 from runtime.store.registry import ModelRecord, check_name
 from runtime.store.routes import Route
 from runtime.store.store import Store, check_pull
@@ -66,17 +66,19 @@ def create_router() -> APIRouter:
 
 
 async def list_models(request: Request) -> ManagedModelList:
-    workers = workers_by_model(request)
-    models = [managed_model(r, workers.get(r.name)) for r in request.app.state.registry.list()]
-    return ManagedModelList(data=models + [managed_route(r) for r in request.app.state.routes.routes()])
+    workers, state = workers_by_model(request), request.app.state
+    models = [managed_model(r, workers.get(r.name)) for r in state.registry.list()]
+    return ManagedModelList(data=[say_token_ids(state, m) for m in models + [managed_route(r) for r in
+                                                                           state.routes.routes()]])
 
 
 async def get_model(request: Request, model_id: str) -> ManagedModel:
-    route = request.app.state.routes.route(model_id)
+    state = request.app.state
+    route = state.routes.route(model_id)
     if route is not None:
-        return managed_route(route)
-    record = request.app.state.registry.get(model_id)
-    return managed_model(record, workers_by_model(request).get(record.name))
+        return say_token_ids(state, managed_route(route))
+    record = state.registry.get(model_id)
+    return say_token_ids(state, managed_model(record, workers_by_model(request).get(record.name)))
 
 
 async def load_model(request: Request, model_id: str) -> ManagedModel:

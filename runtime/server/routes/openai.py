@@ -6,9 +6,11 @@ and `/v1`. The worker parses the body again; validating here means bad requests 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import ValidationError
@@ -20,6 +22,7 @@ from runtime.http.multipart import form_to_dict
 from runtime.options import parse_keep_alive
 from runtime.protocol.common import OpenAIRequest
 from runtime.protocol.models import Model, ModelList
+from runtime.protocol.openai_ids import decoded_inputs, vocabulary
 from runtime.protocol.requests import REQUEST_SCHEMAS
 from runtime.server.auth import require_api_key
 from runtime.server.balancer import prefix_key
@@ -32,6 +35,7 @@ from runtime.store.registry import ModelRecord
 from runtime.store.routes import Route
 
 log = logging.getLogger("stacklet")
+ModelT = TypeVar("ModelT", bound=Model)
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 OUR_FIELDS = {"keep_alive"}  # stacklet extensions that strict mode still accepts
@@ -64,12 +68,36 @@ def _handler(endpoint: Endpoint, prefix: str) -> Any:
         keep = None if keep_alive is None else parse_keep_alive(keep_alive)
         target = resolve_model(request, payload.model, endpoint, keep,
                                lambda: prefix_key(getattr(payload, "messages", None), getattr(payload, "prompt", None)))
+        if endpoint.capability == "embeddings":
+            body = await _openai_ids_as_text(request.app.state, payload, body)
         # The worker builds absolute URLs (images) from the public base URL the client called.
         headers = forward_headers(content_type, str(request.base_url).rstrip("/") + prefix)
         return ProxyResponse(target, WORKER_PREFIX + endpoint.path, body, headers)
 
     handle.__name__ = endpoint.operation_id
     return handle
+
+
+async def _openai_ids_as_text(state: Any, payload: Any, body: bytes) -> bytes:
+    """The body with OpenAI's cl100k_base ids (LangChain's OpenAIEmbeddings sends them) turned into their text,
+    for a name that takes such ids; otherwise as it came."""
+    inputs = payload.inputs()
+    if all(isinstance(item, str) for item in inputs) or token_ids(state, payload.model) != "cl100k_base":
+        return body
+    texts = await asyncio.to_thread(decoded_inputs, inputs)  # the first call loads the vocabulary (~0.5 s)
+    return json.dumps({**parse_json_body(body), "input": texts}).encode()
+
+
+def token_ids(state: Any, name: str) -> str:
+    """How `name` reads integer inputs: its route's setting or a model's, else by name (openai_ids.vocabulary).
+    A route that says nothing reads them as its first local target does."""
+    route = state.routes.route(name)
+    if route is not None and (route.token_ids is not None or vocabulary(name, None) != "model"):
+        return vocabulary(name, route.token_ids)
+    local = [name] if route is None else [t.target for t in route.targets] + route.fallbacks
+    record = next((r for r in map(state.registry.find, local) if r is not None), None)
+    declared = None if record is None else state.settings.engine.merge(record.options).token_ids
+    return vocabulary(name if record is None else record.name, declared)
 
 
 async def _parse(request: Request, body: bytes, endpoint: Endpoint) -> tuple[OpenAIRequest, str | None]:
@@ -111,16 +139,24 @@ def resolve_model(request: Request, name: str, endpoint: Endpoint, keep_alive: f
 
 async def list_models(request: Request) -> ModelList:
     workers = workers_by_model(request)
-    models = [openai_model(r, workers.get(r.name)) for r in request.app.state.registry.list()]
-    return ModelList(data=models + [route_model(r) for r in request.app.state.routes.routes()])
+    state = request.app.state
+    models = [openai_model(r, workers.get(r.name)) for r in state.registry.list()]
+    return ModelList(data=[say_token_ids(state, m) for m in models + [route_model(r) for r in state.routes.routes()]])
 
 
 async def retrieve_model(request: Request, model_id: str) -> Model:
     route = request.app.state.routes.route(model_id)
     if route is not None:
-        return route_model(route)
+        return say_token_ids(request.app.state, route_model(route))
     record = request.app.state.registry.get(model_id)
-    return openai_model(record, workers_by_model(request).get(record.name))
+    return say_token_ids(request.app.state, openai_model(record, workers_by_model(request).get(record.name)))
+
+
+def say_token_ids(state: Any, model: ModelT) -> ModelT:
+    """Embedding models and routes say how they read integer inputs (`stacklet test embeddings` checks it)."""
+    if model.meta.get("kind") == "route" or "embeddings" in model.meta.get("capabilities", []):
+        model.meta["token_ids"] = token_ids(state, model.id)
+    return model
 
 
 def route_model(route: Route) -> Model:
