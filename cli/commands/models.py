@@ -347,7 +347,7 @@ def _age(created: int) -> str:
 
 
 SearchKind = Enum("SearchKind", {name: name for name in SEARCH_TAGS}, type=str)  # the choices of search --kind
-SearchKindOption = typer.Option("llm", "--kind", help="What to look for: GGUF models (llm, embedding), image, "
+SearchKindOption = typer.Option("llm", "--kind", help="What to look for: GGUF models (llm, embedding, rerank), image, "
                                 "speech (Piper) or transcription (faster-whisper).")
 
 

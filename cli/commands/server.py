@@ -99,7 +99,8 @@ def logs(
 
 
 def ps(as_json: options.JsonOption = False) -> None:
-    """Loaded models: worker pid, memory, queue, active requests, time until unload, options in effect;
+    """Loaded models: worker pid, memory, queue, active requests, compute threads (text models: the cores other
+    processes leave free, unless --threads fixed them), time until unload, options in effect;
     and remote targets: health, latency, in-flight requests, models (in --json, entries with type "remote").
 
     The options are the ones the worker was loaded with; options stored since (`stacklet set`) apply
@@ -120,12 +121,13 @@ def ps(as_json: options.JsonOption = False) -> None:
     now = time.time()
     rows = [
         [w["model"], w["state"], w["pid"], output.human_size(w.get("rss") or w.get("memory")),
-         w.get("queue_depth", 0), f"{w.get('active', 0)}/{w.get('parallel', 1)}", _kv_use(w),
-         _unloads_in(w, now),
+         w.get("queue_depth", 0), f"{w.get('active', 0)}/{w.get('parallel', 1)}",
+         w.get("engine", {}).get("threads", ""), _kv_use(w), _unloads_in(w, now),
          " ".join(f"{k}={v}" for k, v in sorted(w.get("options", {}).items()))]
         for w in workers
     ]
-    output.listing(["model", "state", "pid", "memory", "queue", "active", "kv cache", "unloads in", "options"], rows)
+    output.listing(["model", "state", "pid", "memory", "queue", "active", "threads", "kv cache", "unloads in",
+                    "options"], rows)
 
 
 def _kv_use(worker: dict[str, Any]) -> str:

@@ -14,7 +14,8 @@ from runtime.store import selection
 from runtime.store.hub import Hub, RepoListing
 
 # The hub tag that repos of each kind's files carry.
-TAGS = {"llm": "gguf", "embedding": "gguf", "image": "text-to-image", "speech": "onnx", "transcription": "ctranslate2"}
+TAGS = {"llm": "gguf", "embedding": "gguf", "rerank": "gguf", "image": "text-to-image", "speech": "onnx",
+        "transcription": "ctranslate2"}
 MAX_RESULTS = 50  # each result costs one more request (its file list)
 
 

@@ -378,7 +378,7 @@ def test_openai_models_list_and_retrieve(client):
                            "capabilities": ["chat", "completions", "detokenize", "embeddings", "tokenize"],
                            "apis": ["/chat/completions", "/completions", "/embeddings", "/tokenize", "/detokenize",
                                     "/responses", "/messages"],
-                           "context_length": 2048}
+                           "context_length": 2048, "token_ids": "model"}
     assert client.get("/v1-openai/models/fake-tts").json()["meta"]["capabilities"] == ["speech"]
     assert client.get("/v1-openai/models/nope").json()["error"]["code"] == "model_not_found"
 

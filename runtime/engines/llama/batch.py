@@ -30,6 +30,7 @@ from runtime.engines.llama.generation import GenerationLoop
 from runtime.engines.llama.sequence import Choice, GenerationRequest, SamplerChain
 from runtime.engines.llama.stops import StopScanner
 from runtime.engines.llama.stream import DeltaStream
+from runtime.engines.llama.threads import ThreadBudget, usable_cpus
 from runtime.engines.llama.vision import ImageSpan
 from runtime.engines.llama.vocab import Vocab
 from runtime.errors import EngineError, InvalidRequestError, check_context
@@ -53,6 +54,10 @@ class BatchEngine:
         self.vocab = Vocab(self._model)
         self.n_embd = ll.llama_model_n_embd(self._model)
         n_ctx_train = ll.llama_model_n_ctx_train(self._model)
+        # A count the user chose is kept; otherwise it follows the cores other processes leave free (threads.py).
+        most = options.threads or min(physical_cores(), usable_cpus())
+        self._budget = None if options.threads else ThreadBudget(most)
+        self._threads = most
         self._ctx = self._new_context(options, n_ctx_train)
         self.context_length = min(ll.llama_n_ctx(self._ctx), n_ctx_train)
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -68,7 +73,7 @@ class BatchEngine:
     def _new_context(self, options: EngineOptions, n_ctx_train: int) -> Any:
         params = ll.llama_context_default_params()
         # llama-server's default: one thread per physical core, for one-token steps and prompts alike
-        params.n_threads = params.n_threads_batch = options.threads or physical_cores()
+        params.n_threads = params.n_threads_batch = self._threads
         params.flash_attn_type = FLASH_ATTN[options.flash_attn or "auto"]
         params.type_k = CACHE_TYPES[options.cache_type_k or DEFAULT_CACHE_TYPE].ggml_type
         params.type_v = CACHE_TYPES[options.cache_type_v or DEFAULT_CACHE_TYPE].ggml_type
@@ -154,7 +159,8 @@ class BatchEngine:
         return job.vectors
 
     def stats(self) -> dict[str, Any]:
-        return {"parallel": self.parallel, "queue_depth": self._inbox.qsize(), **self._work.stats()}
+        return {"parallel": self.parallel, "queue_depth": self._inbox.qsize(), "threads": self._threads,
+                **self._work.stats()}
 
     def close(self) -> None:
         if self._closing:
@@ -180,7 +186,14 @@ class BatchEngine:
                     self._work.submit(item)
             except queue.Empty:
                 pass
+            self._fit_threads()
             self._work.step()
+
+    def _fit_threads(self) -> None:
+        threads = self._threads if self._budget is None else self._budget.threads()
+        if threads != self._threads:
+            ll.llama_set_n_threads(self._ctx, threads, threads)
+            self._threads = threads
 
 
 def physical_cores() -> int:
