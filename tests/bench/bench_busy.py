@@ -73,10 +73,17 @@ def busy_loop() -> Iterator[None]:
 @contextmanager
 def llama_server(binary: str, threads: int) -> Iterator[str]:
     import httpx
+    import llama_cpp.llama_cpp as ll
 
+    from runtime.engines.llama.batch import amx_kernels
+
+    ll.llama_backend_init()
     port = 8395
-    proc = subprocess.Popen([binary, "-m", str(testmodels.smollm_gguf()), "--port", str(port), "-t", str(threads),
-                             "-np", "4", "-c", "4096"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [binary, "-m", str(testmodels.smollm_gguf()), "--port", str(port), "-t", str(threads), "-np", "4",
+               "-c", "4096"]
+    if amx_kernels():  # what stacklet does on such CPUs (batch.py); llama-server crashes otherwise
+        command.append("--no-repack")
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
