@@ -103,3 +103,10 @@ def test_the_thread_count_does_not_change_a_seeded_answer(fixed_engines):
     one, every = fixed_engines
     for prompt in ("The lighthouse keeper opened the door and", "List three rivers of Europe:"):
         assert generate(one, prompt) == generate(every, prompt)
+
+
+def test_a_chat_models_embeddings_compute_on_one_thread(smollm_engine):
+    # A second context computing on several threads of its own starts a second OpenMP team, and libgomp then
+    # slows every decode of the first (engine.py, SECOND_CONTEXT_THREADS).
+    smollm_engine.embed([smollm_engine.tokenize("a lighthouse")], threading.Event())
+    assert smollm_engine._embedder.stats()["threads"] == 1

@@ -20,6 +20,12 @@ from runtime.engines.llama.stream import DeltaStream
 from runtime.errors import InvalidRequestError
 from runtime.spec import KINDS, ModelSpec
 
+# A chat model's embeddings context and image encoder compute on threads of their own. With llama.cpp's
+# OpenMP build, a second thread that runs multi-threaded graphs gets a second OpenMP team, and libgomp then
+# stops spinning at barriers (more threads than cores): one stream on 2 cores fell from 90 to 32 tok/s for
+# good after the first embeddings request. One thread never starts a team.
+SECOND_CONTEXT_THREADS = 1
+
 
 class LlamaEngine:
     def __init__(self, spec: ModelSpec) -> None:
@@ -43,10 +49,9 @@ class LlamaEngine:
             self._pairs = PairFormat(self._vocab, self._batch.metadata("tokenizer.chat_template.rerank"))
         self._vision: Any = None  # the mmproj's image encoder (vision.py)
         if "mmproj" in spec.files and not self.is_embedding_model:
-            from runtime.engines.llama.batch import physical_cores
             from runtime.engines.llama.vision import Vision
 
-            self._vision = Vision(spec.files["mmproj"], self._batch.model, spec.options.threads or physical_cores())
+            self._vision = Vision(spec.files["mmproj"], self._batch.model, SECOND_CONTEXT_THREADS)
             self.capabilities |= {"vision"}
         self._template = ChatTemplate(self._batch.metadata("tokenizer.chat_template"),
                                       self._vocab.text(self._vocab.bos), self._vocab.text(self._vocab.eos))
@@ -145,7 +150,7 @@ class LlamaEngine:
             if self._embedder is None:
                 from runtime.engines.llama.batch import BatchEngine
 
-                options = replace(self.spec.options, ctx_size=self.context_length)
+                options = replace(self.spec.options, ctx_size=self.context_length, threads=SECOND_CONTEXT_THREADS)
                 self._embedder = BatchEngine(self.spec.files["model"], options, embedding=True)
             return self._embedder
 
