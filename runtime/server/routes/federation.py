@@ -18,10 +18,10 @@ from runtime.protocol.federation import (
     RouteList,
     SetRouteRequest,
 )
-from runtime.protocol.openai_ids import vocabulary
 from runtime.server.auth import require_admin_key, require_api_key
 from runtime.server.openapi import ERROR_RESPONSES, request_body
 from runtime.server.routes.management import ADMIN_ONLY, read_json
+from runtime.server.routes.openai import token_ids
 from runtime.store.registry import check_name
 from runtime.store.routes import Remote, Route, Target, split_target
 
@@ -104,7 +104,7 @@ def route_info(state: Any, route: Route) -> RouteInfo:
     return RouteInfo(id=route.name, created=route.created,
                      targets=[target_info(state, t.target, t.weight) for t in route.targets],
                      fallbacks=[target_info(state, f) for f in route.fallbacks],
-                     token_ids=vocabulary(route.name, route.token_ids))
+                     token_ids=token_ids(state, route.name))
 
 
 def target_info(state: Any, target: str, weight: int | None = None) -> dict[str, Any]:
