@@ -132,7 +132,7 @@ def _prompt(tag: str, tokens: int, question: str = "Write a long story about the
 async def _stream(client: Any, model: str, prompt: str, max_tokens: int) -> Stream:
     """One streamed chat completion; tokens from the usage chunk, or one per content chunk."""
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-            "temperature": 0.7, "seed": 1, "stream": True, "stream_options": {"include_usage": True}}
+            "temperature": 0.7, "stream": True, "stream_options": {"include_usage": True}}
     stream, chunks, start = Stream(), 0, time.perf_counter()
     try:
         async with client.stream("POST", "/chat/completions", json=body) as response:

@@ -8,6 +8,9 @@ KV cache layout: one unified pool of `ctx_size` cells shared by all sequences (l
 without copying. Only running sequences hold cells: a finished one moves to the host cache in RAM
 (hostcache.py), from where the next request with the same prefix copies it back.
 `parallel` sequences generate at once.
+
+Seeded requests repeat exactly, whatever ran before or runs beside them: they run one at a time in a
+context of their own, made on the first one, at a fixed thread count (generation.py says why).
 """
 
 from __future__ import annotations
@@ -55,9 +58,10 @@ class BatchEngine:
         self.n_embd = ll.llama_model_n_embd(self._model)
         n_ctx_train = ll.llama_model_n_ctx_train(self._model)
         # A count the user chose is kept; otherwise it follows the cores other processes leave free (threads.py).
-        most = options.threads or min(physical_cores(), usable_cpus())
-        self._budget = None if options.threads else ThreadBudget(most)
-        self._threads = most
+        self._most = options.threads or min(physical_cores(), usable_cpus())
+        self._budget = None if options.threads else ThreadBudget(self._most)
+        self._threads = self._most
+        self._options, self._n_ctx_train = options, n_ctx_train
         self._ctx = self._new_context(options, n_ctx_train)
         self.context_length = min(ll.llama_n_ctx(self._ctx), n_ctx_train)
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -66,6 +70,7 @@ class BatchEngine:
             self._work: Any = EmbeddingBatcher(self._ctx, self._model, self._batch_tokens, self._n_seqs)
         else:
             self._work = GenerationLoop(self.vocab, self._ctx, self.parallel, self.context_length)
+        self._seeded: tuple[Any, GenerationLoop] | None = None  # (context, loop), made on the first seeded request
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="llama-decode", daemon=True)
         self._thread.start()
@@ -73,7 +78,7 @@ class BatchEngine:
     def _new_context(self, options: EngineOptions, n_ctx_train: int) -> Any:
         params = ll.llama_context_default_params()
         # llama-server's default: one thread per physical core, for one-token steps and prompts alike
-        params.n_threads = params.n_threads_batch = self._threads
+        params.n_threads = params.n_threads_batch = self._most
         params.flash_attn_type = FLASH_ATTN[options.flash_attn or "auto"]
         params.type_k = CACHE_TYPES[options.cache_type_k or DEFAULT_CACHE_TYPE].ggml_type
         params.type_v = CACHE_TYPES[options.cache_type_v or DEFAULT_CACHE_TYPE].ggml_type
@@ -159,8 +164,10 @@ class BatchEngine:
         return job.vectors
 
     def stats(self) -> dict[str, Any]:
+        seeded = self._seeded[1].stats() if self._seeded else {"active_sequences": 0, "waiting_requests": 0}
         return {"parallel": self.parallel, "queue_depth": self._inbox.qsize(), "threads": self._threads,
-                **self._work.stats()}
+                **self._work.stats(),
+                "seeded_requests": min(seeded["active_sequences"], 1) + seeded["waiting_requests"]}
 
     def close(self) -> None:
         if self._closing:
@@ -169,6 +176,9 @@ class BatchEngine:
         self._inbox.put(DONE)
         self._thread.join()
         self._work.close()
+        if self._seeded:
+            self._seeded[1].close()
+            ll.llama_free(self._seeded[0])
         ll.llama_free(self._ctx)
         ll.llama_model_free(self._model)
 
@@ -176,18 +186,35 @@ class BatchEngine:
 
     def _run(self) -> None:
         while not self._closing:
-            block = self._work.idle
+            block = self._work.idle and (self._seeded is None or self._seeded[1].idle)
             try:
                 while True:
                     item = self._inbox.get(block=block)
                     block = False
                     if item is DONE:
                         return
-                    self._work.submit(item)
+                    self._submit(item)
             except queue.Empty:
                 pass
             self._fit_threads()
             self._work.step()
+            if self._seeded:
+                self._seeded[1].step()
+
+    def _submit(self, item: Any) -> None:
+        if not isinstance(item, GenerationRequest) or item.params.seed is None:
+            self._work.submit(item)
+            return
+        if self._seeded is None:
+            try:
+                ctx = self._new_context(self._options, self._n_ctx_train)
+            except EngineError as exc:
+                item.fail(exc)
+                for choice in item.choices:
+                    choice.chain.free()
+                return
+            self._seeded = ctx, GenerationLoop(self.vocab, ctx, self.parallel, self.context_length, repeatable=True)
+        self._seeded[1].submit(item)
 
     def _fit_threads(self) -> None:
         threads = self._threads if self._budget is None else self._budget.threads()

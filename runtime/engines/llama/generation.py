@@ -6,6 +6,12 @@ cache). When a step needs cells that are not free, the youngest request is pre-e
 moves to the host cache and it waits at the head of the queue with everything it generated, to be
 restored and continued without losing a token.
 
+A repeatable loop (`repeatable=True`, where seeded requests run) takes one request at a time into an emptied
+cache and never starts from a cached prefix, so the same request always meets the same computation: the
+same cells, the same micro-batches, the same kernels. In the shared pool the cells a sequence gets, how
+many cells are in use and what else is in the batch all change llama.cpp's summation order (its attention
+splits the cells in use among the threads for one-token steps), and a near-tie can then flip a token.
+
 A prompt's images (vision.py) are fed as embeddings in a decode of their own within the same step:
 llama.cpp takes either tokens or embeddings in one batch, so a step may run one image chunk
 besides the batch of tokens, and image requests still advance alongside text ones.
@@ -31,8 +37,10 @@ DECODE_NO_SLOT = 1  # llama_decode: no room in the KV cache; the cache is left a
 class GenerationLoop:
     """Runs on the engine's decode thread: `submit` queues a request, each `step` advances them all."""
 
-    def __init__(self, vocab: Vocab, ctx: Any, parallel: int, context_length: int) -> None:
+    def __init__(self, vocab: Vocab, ctx: Any, parallel: int, context_length: int, *,
+                 repeatable: bool = False) -> None:
         self._vocab = vocab
+        self._repeatable = repeatable
         self._context_length = context_length
         self._ctx = ctx
         self._parallel = parallel
@@ -92,6 +100,8 @@ class GenerationLoop:
 
     def _admit(self) -> None:
         while self._pending:
+            if self._repeatable and self._active:
+                return
             request = self._pending[0]
             choices = [c for c in request.choices if not c.finished]
             if self._slots_used() + len(choices) > self._parallel:
@@ -106,6 +116,8 @@ class GenerationLoop:
                 self._close(request)
                 continue
             self._pending.pop(0)
+            if self._repeatable:
+                self._ledger.clear()
             for choice in choices:
                 choice.seq = self._ledger.acquire()
             for choice, prefix in zip(starters, prefixes, strict=True):
@@ -118,8 +130,9 @@ class GenerationLoop:
     def _room_for(self, starters: list[Choice], n_choices: int) -> list[Prefix] | None:
         """The prefixes the starting choices begin from, or None if they do not fit in the free cells.
         A cached prefix that needs more cells than starting afresh (a long host entry) is given up."""
-        found = [self._match(c) for c in starters]
-        for prefixes in (found, [Prefix()] * len(starters)):
+        fresh = [Prefix()] * len(starters)
+        found = fresh if self._repeatable else [self._match(c) for c in starters]
+        for prefixes in (found, fresh):
             need = sum(p.cells_needed(len(c.tokens)) for c, p in zip(starters, prefixes, strict=True))
             if self._ledger.free_cells >= need + n_choices + self._reserved():
                 return prefixes
@@ -159,7 +172,7 @@ class GenerationLoop:
     def _release(self, request: GenerationRequest, *, keep: bool) -> None:
         for choice in request.choices:
             if choice.seq >= 0:
-                self._ledger.release(choice.seq, keep=keep)
+                self._ledger.release(choice.seq, keep=keep and not self._repeatable)
                 choice.seq, choice.n_past = -1, 0
 
     def _close(self, request: GenerationRequest) -> None:
@@ -313,7 +326,7 @@ class GenerationLoop:
         emit(choice, text, reason)
         choice.finished = True
         if choice.seq >= 0:
-            self._ledger.release(choice.seq, keep=True)
+            self._ledger.release(choice.seq, keep=not self._repeatable)
             choice.seq = -1
         choice.chain.free()
         request = choice.request

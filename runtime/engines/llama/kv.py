@@ -65,6 +65,11 @@ class KVLedger:
             row[seq] = self._shared[seq][other] = 0
         self._free_ids.append(seq)
 
+    def clear(self) -> None:
+        """Empty the pool, so the next sequence's cells start at the first one again."""
+        assert self.used == 0 and len(self._free_ids) == len(self.tokens), "sequences still hold cells"
+        ll.llama_memory_clear(self._memory, False)  # metadata only: masked cells weigh exactly zero
+
     def best_prefix(self, prompt: list[int]) -> Prefix:
         """The longest prefix of `prompt` held in the pool or the host cache; the pool wins ties."""
         entry, best = self.host.best(prompt)
