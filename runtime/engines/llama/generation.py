@@ -46,7 +46,9 @@ class GenerationLoop:
         self._parallel = parallel
         self._batch_size = ll.llama_n_batch(ctx)
         self._batch = ll.llama_batch_init(self._batch_size, 0, 1)
-        self._ledger = KVLedger(ctx, ll.llama_n_ctx(ctx), parallel)  # one sequence id per generating choice
+        n_cells = ll.llama_n_ctx(ctx)
+        # One sequence id per generating choice. A repeatable loop keeps no prefixes: each request starts afresh.
+        self._ledger = KVLedger(ctx, n_cells, parallel, cache_tokens=0 if repeatable else n_cells)
         self._pending: list[GenerationRequest] = []  # oldest first
         self._active: list[GenerationRequest] = []  # in admission order
         self._preemptions = 0
@@ -130,9 +132,8 @@ class GenerationLoop:
     def _room_for(self, starters: list[Choice], n_choices: int) -> list[Prefix] | None:
         """The prefixes the starting choices begin from, or None if they do not fit in the free cells.
         A cached prefix that needs more cells than starting afresh (a long host entry) is given up."""
-        fresh = [Prefix()] * len(starters)
-        found = fresh if self._repeatable else [self._match(c) for c in starters]
-        for prefixes in (found, fresh):
+        found = [self._match(c) for c in starters]
+        for prefixes in (found, [Prefix()] * len(starters)):
             need = sum(p.cells_needed(len(c.tokens)) for c, p in zip(starters, prefixes, strict=True))
             if self._ledger.free_cells >= need + n_choices + self._reserved():
                 return prefixes
@@ -172,7 +173,7 @@ class GenerationLoop:
     def _release(self, request: GenerationRequest, *, keep: bool) -> None:
         for choice in request.choices:
             if choice.seq >= 0:
-                self._ledger.release(choice.seq, keep=keep and not self._repeatable)
+                self._ledger.release(choice.seq, keep=keep)
                 choice.seq, choice.n_past = -1, 0
 
     def _close(self, request: GenerationRequest) -> None:
@@ -326,7 +327,7 @@ class GenerationLoop:
         emit(choice, text, reason)
         choice.finished = True
         if choice.seq >= 0:
-            self._ledger.release(choice.seq, keep=not self._repeatable)
+            self._ledger.release(choice.seq, keep=True)
             choice.seq = -1
         choice.chain.free()
         request = choice.request

@@ -38,10 +38,11 @@ class Prefix:
 
 
 class KVLedger:
-    def __init__(self, ctx: Any, n_cells: int, n_seqs: int) -> None:
+    def __init__(self, ctx: Any, n_cells: int, n_seqs: int, *, cache_tokens: int) -> None:
+        """`cache_tokens`: how many tokens of released sequences the host cache keeps."""
         self._memory = ll.llama_get_memory(ctx)
         self.n_cells = n_cells
-        self.host = HostCache(ctx, n_cells)
+        self.host = HostCache(ctx, cache_tokens)
         self.tokens: list[list[int]] = [[] for _ in range(n_seqs)]
         self._shared = [[0] * n_seqs for _ in range(n_seqs)]
         self._free_ids = list(range(n_seqs - 1, -1, -1))
