@@ -29,6 +29,9 @@ SplitModeOption = Annotated[str | None, typer.Option("--split-mode", help="none,
 FlashAttnOption = Annotated[str | None, typer.Option("--flash-attn", help="auto, on or off.")]
 CtxSizeOption = Annotated[int | None, typer.Option("--ctx-size", help="Context length in tokens.")]
 ParallelOption = Annotated[int | None, typer.Option("--parallel", help="Requests one text model serves at once.")]
+KvSlotsOption = Annotated[bool, typer.Option(
+    "--kv-slots", help="Text: give each of the --parallel requests its own ctx/parallel of the KV cache "
+    "(llama-server's slots): faster with several long prompts at once, but no request can use more than its slot.")]
 CacheTypeKOption = Annotated[str | None, typer.Option("--cache-type-k", help="KV cache type for K, e.g. f16, q8_0.")]
 CacheTypeVOption = Annotated[str | None, typer.Option("--cache-type-v", help="KV cache type for V, e.g. f16, q8_0.")]
 ThreadsOption = Annotated[int | None, typer.Option("--threads", help="CPU threads per model.")]

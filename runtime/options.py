@@ -55,6 +55,7 @@ class EngineOptions:
     flash_attn: str | None = None
     ctx_size: int | None = None
     parallel: int | None = None
+    kv_slots: bool | None = None  # text: a KV stream of ctx/parallel cells per sequence instead of one shared pool
     cache_type_k: str | None = None
     cache_type_v: str | None = None
     threads: int | None = None
@@ -206,6 +207,7 @@ _PARSERS = {
     "cache_type_k": _choice(tuple(CACHE_TYPES)),
     "cache_type_v": _choice(tuple(CACHE_TYPES)),
     "no_mmap": _flag,
+    "kv_slots": _flag,
     "vae_tiling": _flag,
     "clip_on_cpu": _flag,
     "vae_on_cpu": _flag,

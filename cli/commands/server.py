@@ -43,6 +43,7 @@ def serve(
     flash_attn: options.FlashAttnOption = None,
     ctx_size: options.CtxSizeOption = None,
     parallel: options.ParallelOption = None,
+    kv_slots: options.KvSlotsOption = False,
     cache_type_k: options.CacheTypeKOption = None,
     cache_type_v: options.CacheTypeVOption = None,
     threads: options.ThreadsOption = None,

@@ -192,12 +192,14 @@ def test_a_refreshing_pull_keeps_what_is_stored_with_the_model(minilm_gguf: Path
 def test_stacklet_set_stores_shows_and_unsets() -> None:
     register_fake("m").close()
     result = stacklet("set", "m", "--ctx-size", "2048", "--n-gpu-layers", "0", "--main-gpu", "0", "--no-mmap",
-                      "--keep-alive", "10m", "--json")
+                      "--kv-slots", "--keep-alive", "10m", "--json")
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
-    assert record["options"] == {"ctx_size": 2048, "n_gpu_layers": "0", "main_gpu": 0, "no_mmap": True}
+    assert record["options"] == {"ctx_size": 2048, "n_gpu_layers": "0", "main_gpu": 0, "no_mmap": True,
+                                 "kv_slots": True}
     assert record["keep_alive"] == 600.0
-    result = stacklet("set", "m", "--unset", "no-mmap", "--unset", "keep_alive", "--threads", "3")
+    result = stacklet("set", "m", "--unset", "no-mmap", "--unset", "kv-slots", "--unset", "keep_alive",
+                      "--threads", "3")
     assert result.returncode == 0, result.stderr
     assert "until it reloads" in result.stdout
     shown = json.loads(stacklet("show", "m", "--json").stdout)

@@ -7,7 +7,9 @@ KV cache layout: one unified pool of `ctx_size` cells shared by all sequences (l
 `kv_unified`), so a single request may use the whole pool and running sequences share prefixes
 without copying. Only running sequences hold cells: a finished one moves to the host cache in RAM
 (hostcache.py), from where the next request with the same prefix copies it back.
-`parallel` sequences generate at once.
+`parallel` sequences generate at once. With `kv_slots` each sequence has a stream of ctx/parallel
+cells instead: in the pool every token's attention walks the cells of all running sequences (masked,
+not skipped), and with several long prompts that costs more than the flexibility gives.
 
 Seeded requests repeat exactly, whatever ran before or runs beside them: they run one at a time in a
 context of their own, made on the first one, at a fixed thread count (generation.py says why).
@@ -43,6 +45,7 @@ from runtime.options import CACHE_TYPES, EngineOptions
 BATCH_TOKENS = 512  # tokens per decode: bounds how long one prefill chunk stalls the other streams
 SPLIT_MODES = {"none": 0, "layer": 1, "row": 2}
 FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
+SLOT_ROUNDING = 256  # llama.cpp pads a KV stream's cells to a multiple of this
 
 
 class BatchEngine:
@@ -63,13 +66,14 @@ class BatchEngine:
         self._threads = self._most
         self._options, self._n_ctx_train = options, n_ctx_train
         self._ctx = self._new_context(options, n_ctx_train)
-        self.context_length = min(ll.llama_n_ctx(self._ctx), n_ctx_train)
+        self.context_length = min(ll.llama_n_ctx_seq(self._ctx), n_ctx_train)
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._ages = itertools.count()
         if embedding:
             self._work: Any = EmbeddingBatcher(self._ctx, self._model, self._batch_tokens, self._n_seqs)
         else:
-            self._work = GenerationLoop(self.vocab, self._ctx, self.parallel, self.context_length)
+            self._work = GenerationLoop(self.vocab, self._ctx, self.parallel, self.context_length,
+                                        slots=bool(options.kv_slots))
         self._seeded: tuple[Any, GenerationLoop] | None = None  # (context, loop), made on the first seeded request
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="llama-decode", daemon=True)
@@ -97,7 +101,9 @@ class BatchEngine:
             self._batch_tokens = BATCH_TOKENS
             self.parallel = options.parallel or default_parallel(n_ctx)
             self._n_seqs = self.parallel  # one sequence per generating choice; idle ones live in the host cache
-            params.kv_unified = True
+            params.kv_unified = not options.kv_slots
+            if options.kv_slots:
+                n_ctx = self.parallel * slot_cells(n_ctx, self.parallel)
         params.n_ctx = n_ctx
         params.n_batch = params.n_ubatch = self._batch_tokens
         params.n_seq_max = self._n_seqs
@@ -213,7 +219,8 @@ class BatchEngine:
                 for choice in item.choices:
                     choice.chain.free()
                 return
-            self._seeded = ctx, GenerationLoop(self.vocab, ctx, self.parallel, self.context_length, repeatable=True)
+            self._seeded = ctx, GenerationLoop(self.vocab, ctx, self.parallel, self.context_length, repeatable=True,
+                                               slots=bool(self._options.kv_slots))
         self._seeded[1].submit(item)
 
     def _fit_threads(self) -> None:
@@ -221,6 +228,16 @@ class BatchEngine:
         if threads != self._threads:
             ll.llama_set_n_threads(self._ctx, threads, threads)
             self._threads = threads
+
+
+def slot_cells(n_ctx: int, parallel: int) -> int:
+    """Cells per slot: ctx / parallel, rounded down to llama.cpp's 256 (it would round up, past the budget)."""
+    cells = n_ctx // parallel // SLOT_ROUNDING * SLOT_ROUNDING
+    if not cells:
+        raise InvalidRequestError(f"--kv-slots gives each of the {parallel} slots {n_ctx // parallel} cells of the "
+                                  f"{n_ctx}-token context; llama.cpp needs {SLOT_ROUNDING}: raise --ctx-size to "
+                                  f"{parallel * SLOT_ROUNDING} or lower --parallel.", param="kv_slots")
+    return cells
 
 
 def physical_cores() -> int:

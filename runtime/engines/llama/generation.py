@@ -38,7 +38,8 @@ class GenerationLoop:
     """Runs on the engine's decode thread: `submit` queues a request, each `step` advances them all."""
 
     def __init__(self, vocab: Vocab, ctx: Any, parallel: int, context_length: int, *,
-                 repeatable: bool = False) -> None:
+                 repeatable: bool = False, slots: bool = False) -> None:
+        """`slots`: the context keeps a KV stream per sequence (batch.py)."""
         self._vocab = vocab
         self._repeatable = repeatable
         self._context_length = context_length
@@ -48,7 +49,7 @@ class GenerationLoop:
         self._batch = ll.llama_batch_init(self._batch_size, 0, 1)
         n_cells = ll.llama_n_ctx(ctx)
         # One sequence id per generating choice. A repeatable loop keeps no prefixes: each request starts afresh.
-        self._ledger = KVLedger(ctx, n_cells, parallel, cache_tokens=0 if repeatable else n_cells)
+        self._ledger = KVLedger(ctx, n_cells, parallel, cache_tokens=0 if repeatable else n_cells, slots=slots)
         self._pending: list[GenerationRequest] = []  # oldest first
         self._active: list[GenerationRequest] = []  # in admission order
         self._preemptions = 0
@@ -220,6 +221,9 @@ class GenerationLoop:
     def _decode(self, plan: list[tuple[Choice, int]]) -> list[tuple[Choice, int]] | None:
         """Decode the plan; the choices that completed their input, with their output rows."""
         batch, n, outputs = self._batch, 0, []
+        # By sequence id: with slots llama.cpp splits a batch into micro-batches of consecutive ids, each
+        # another pass over the weights, so a step in admission order could take one pass per sequence.
+        plan = sorted(plan, key=lambda item: item[0].seq)
         for choice, take in plan:
             for pos in range(choice.n_past, choice.n_past + take):
                 batch.token[n] = choice.tokens[pos]
@@ -294,9 +298,9 @@ class GenerationLoop:
             if not request.forked:
                 request.forked = True
                 for sibling in request.choices[1:]:
-                    self._ledger.share(choice.seq, sibling.seq, choice.n_past)
-                    sibling.n_past = choice.n_past
-                    self._sample_one(sibling, row)
+                    if self._ledger.share(choice.seq, sibling.seq, choice.n_past):
+                        sibling.n_past = choice.n_past
+                        self._sample_one(sibling, row)  # else it evaluates the prompt itself in later steps
             if not choice.finished:
                 self._sample_one(choice, row)
 

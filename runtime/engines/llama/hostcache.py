@@ -37,9 +37,8 @@ class HostCache:
         """Copy a sequence's state out of the KV pool; entries it extends are dropped."""
         if len(tokens) > self.capacity_tokens:
             return
-        size = ll.llama_state_seq_get_size(self._ctx, seq)
-        state = (ctypes.c_uint8 * size)()
-        if ll.llama_state_seq_get_data(self._ctx, state, size, seq) != size:
+        state = self._state(seq)
+        if state is None:
             return
         for entry in [e for e in self._entries if e.tokens == tokens[:len(e.tokens)]]:
             self._drop(entry)
@@ -64,6 +63,16 @@ class HostCache:
         if entry in self._entries:
             self._entries.move_to_end(entry)
         return ll.llama_state_seq_set_data(self._ctx, entry.state, len(entry.state), seq) != 0
+
+    def copy(self, src: int, dst: int) -> bool:
+        """Copy one sequence's state into the empty sequence `dst` through host memory, bypassing the cache."""
+        state = self._state(src)
+        return state is not None and ll.llama_state_seq_set_data(self._ctx, state, len(state), dst) != 0
+
+    def _state(self, seq: int) -> Any:
+        size = ll.llama_state_seq_get_size(self._ctx, seq)
+        state = (ctypes.c_uint8 * size)()
+        return state if ll.llama_state_seq_get_data(self._ctx, state, size, seq) == size else None
 
     def _drop(self, entry: Entry) -> None:
         del self._entries[entry]

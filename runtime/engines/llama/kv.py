@@ -1,12 +1,13 @@
-"""Bookkeeping for llama.cpp's unified KV cache: which sequence holds which tokens and how many
-cells are in use. Only active sequences hold cells; a released sequence's state moves to the
-host cache (hostcache.py), from where a request with the same prefix gets it back.
+"""Bookkeeping for llama.cpp's KV cache: which sequence holds which tokens and how many cells are in
+use. Only active sequences hold cells; a released sequence's state moves to the host cache
+(hostcache.py), from where a request with the same prefix gets it back.
 
 llama.cpp has no call that counts used cells, so the ledger performs every memory operation
 itself and mirrors it. In a unified cache `seq_cp` shares cells instead of copying them and
 every later decode writes fresh cells, so two sequences only ever share a prefix of positions;
 `_shared[a][b]` is that prefix length, and the cells a sequence alone holds are the ones past
-its longest shared prefix.
+its longest shared prefix. With slots (one KV stream per sequence, `slots=True`) sequences share
+no cells: a prefix is copied into the other stream.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ class Prefix:
     length: int = 0
     seq: int = -1
     entry: Entry | None = None
+    copied: bool = False  # a pool sequence's prefix that is copied (slots), not shared
 
     def cells_needed(self, total: int) -> int:
         """Cells a sequence of `total` tokens takes when it starts from this prefix."""
-        if self.seq >= 0:
+        if self.seq >= 0 and not self.copied:
             return total - self.length  # shared cells are already there
         if self.entry is not None:
             return max(total, len(self.entry.tokens))  # the whole entry comes back before it is trimmed
@@ -38,14 +40,16 @@ class Prefix:
 
 
 class KVLedger:
-    def __init__(self, ctx: Any, n_cells: int, n_seqs: int, *, cache_tokens: int) -> None:
-        """`cache_tokens`: how many tokens of released sequences the host cache keeps."""
+    def __init__(self, ctx: Any, n_cells: int, n_seqs: int, *, cache_tokens: int, slots: bool = False) -> None:
+        """`cache_tokens`: how many tokens of released sequences the host cache keeps; `slots`: the context
+        has a KV stream per sequence (kv_unified off)."""
         self._memory = ll.llama_get_memory(ctx)
+        self._slots = slots
         self.n_cells = n_cells
         self.host = HostCache(ctx, cache_tokens)
         self.tokens: list[list[int]] = [[] for _ in range(n_seqs)]
         self._shared = [[0] * n_seqs for _ in range(n_seqs)]
-        self._free_ids = list(range(n_seqs - 1, -1, -1))
+        self._free_ids = set(range(n_seqs))
         self.used = 0
 
     @property
@@ -53,7 +57,10 @@ class KVLedger:
         return self.n_cells - self.used
 
     def acquire(self) -> int:
-        return self._free_ids.pop()
+        """The lowest free id: with slots llama.cpp batches only runs of consecutive ids together (generation.py)."""
+        seq = min(self._free_ids)
+        self._free_ids.remove(seq)
+        return seq
 
     def release(self, seq: int, *, keep: bool) -> None:
         """Give a sequence back; with `keep` its state goes to the host cache for later requests."""
@@ -64,7 +71,7 @@ class KVLedger:
         self.tokens[seq] = []
         for other, row in enumerate(self._shared):
             row[seq] = self._shared[seq][other] = 0
-        self._free_ids.append(seq)
+        self._free_ids.add(seq)
 
     def clear(self) -> None:
         """Empty the pool, so the next sequence's cells start at the first one again."""
@@ -80,13 +87,14 @@ class KVLedger:
                 continue
             length = common_prefix(held, prompt)
             if length >= found.length and length and ll.llama_memory_seq_pos_min(self._memory, seq) <= 0:
-                found = Prefix(length, seq=seq)
+                found = Prefix(length, seq=seq, copied=self._slots)
         return found
 
     def start(self, seq: int, prefix: Prefix) -> int:
         """Fill the empty sequence `seq` with the prefix; how many tokens it then holds."""
         if prefix.seq >= 0:
-            self.share(prefix.seq, seq, prefix.length)
+            if not self.share(prefix.seq, seq, prefix.length):
+                return 0
         elif prefix.entry is not None:
             # A recurrent model's state cannot be cut back to a shorter prefix: start afresh instead.
             if not (self.host.restore(prefix.entry, seq)
@@ -96,14 +104,27 @@ class KVLedger:
             self.append(seq, prefix.entry.tokens[:prefix.length])
         return prefix.length
 
-    def share(self, src: int, dst: int, length: int) -> None:
-        """Let the empty sequence `dst` share the first `length` cells of `src` (no data is copied)."""
+    def share(self, src: int, dst: int, length: int) -> bool:
+        """Let the empty sequence `dst` share the first `length` cells of `src` (no data is copied), or with
+        slots, copy them into its own stream; False if llama.cpp could not copy them (`dst` stays empty)."""
+        if self._slots:
+            return self._copy(src, dst, length)
         ll.llama_memory_seq_cp(self._memory, src, dst, 0, length)
         self.tokens[dst] = self.tokens[src][:length]
         for other, row in enumerate(self._shared):
             if other not in (src, dst):
                 row[dst] = self._shared[dst][other] = min(length, self._shared[src][other])
         self._shared[src][dst] = self._shared[dst][src] = length
+        return True
+
+    def _copy(self, src: int, dst: int, length: int) -> bool:
+        """A state copy, not `seq_cp`: across streams llama.cpp copies whole streams only, and only at the
+        next decode, so a sequence saved to the host cache before then would be saved without its cells."""
+        if not (self.host.copy(src, dst) and ll.llama_memory_seq_rm(self._memory, dst, length, -1)):
+            ll.llama_memory_seq_rm(self._memory, dst, -1, -1)
+            return False
+        self.append(dst, self.tokens[src][:length])
+        return True
 
     def append(self, seq: int, tokens: list[int]) -> None:
         """Record tokens written into fresh cells."""
