@@ -65,3 +65,33 @@ def server_process(home: Path, records: Iterable[ModelRecord] = ()) -> Iterator[
             process.terminate()
             process.wait(timeout=60)
     assert key not in log_path.read_text()  # keys never reach the log
+
+
+@contextmanager
+def llama_server_process(binary: str, model: Path, *, threads: int, parallel: int, ctx_size: int) -> Iterator[str]:
+    """Root URL of llama.cpp's own llama-server (for benchmarks), loaded the way stacklet loads the model."""
+    import llama_cpp.llama_cpp as ll
+
+    from runtime.engines.llama.batch import amx_kernels
+
+    ll.llama_backend_init()
+    port = free_port()
+    command = [binary, "-m", str(model), "--port", str(port), "-t", str(threads), "-np", str(parallel),
+               "-c", str(ctx_size)]
+    if amx_kernels():  # what stacklet does on such CPUs (batch.py); llama-server crashes otherwise
+        command.append("--no-repack")
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            assert process.poll() is None, "llama-server exited during start-up"
+            try:
+                if httpx.get(root + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        yield root
+    finally:
+        process.kill()
+        process.wait()

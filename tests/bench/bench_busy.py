@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import testmodels  # noqa: E402
+from serverproc import llama_server_process  # noqa: E402
 
 CHAT = "<|im_start|>user\nWrite a long story about the sea.<|im_end|>\n<|im_start|>assistant\n"
 TOKENS = 128
@@ -70,35 +71,6 @@ def busy_loop() -> Iterator[None]:
         proc.wait()
 
 
-@contextmanager
-def llama_server(binary: str, threads: int) -> Iterator[str]:
-    import httpx
-    import llama_cpp.llama_cpp as ll
-
-    from runtime.engines.llama.batch import amx_kernels
-
-    ll.llama_backend_init()
-    port = 8395
-    command = [binary, "-m", str(testmodels.smollm_gguf()), "--port", str(port), "-t", str(threads), "-np", "4",
-               "-c", "4096"]
-    if amx_kernels():  # what stacklet does on such CPUs (batch.py); llama-server crashes otherwise
-        command.append("--no-repack")
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 def server_rate(url: str) -> float:
     """llama-server's own timing of REQUESTS single-stream requests (after a warm-up): the median tok/s."""
     import httpx
@@ -140,7 +112,8 @@ def main() -> None:
               f"{together / quiet['tok_s']:.2f}x of one alone ({split} threads); fixed {cores} threads: "
               f"{together_fixed:.1f} = {together_fixed / quiet['tok_s']:.2f}x")
         if args.llama_server:
-            with llama_server(args.llama_server, cores) as url:
+            with llama_server_process(args.llama_server, testmodels.smollm_gguf(), threads=cores, parallel=4,
+                                      ctx_size=4096) as url:
                 server_quiet = server_rate(url)
                 with busy_loop():
                     server_busy = server_rate(url)

@@ -7,7 +7,8 @@ ratios to llama-server.
 Run: python tests/bench/bench_vs_llama_server.py --llama-server PATH [--rounds 2] [--streams 1,8,16]
 [--prompt-tokens 64,500,2000] [--max-tokens 128] [--parallel 8] [--waves 2] [--layouts pool,slots] [--json]
 Uses SmolLM2 (tests/testmodels.py). All servers get `--parallel` sequences and the same KV cells: enough
-for each of llama-server's slots (ctx / parallel) to hold the longest prompt and its answer.
+for each of llama-server's slots (ctx / parallel) to hold the longest prompt (or the 1,000-token
+prefixes) and its answer.
 Run it on an otherwise quiet machine.
 """
 
@@ -18,9 +19,7 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
@@ -32,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx  # noqa: E402
 import testmodels  # noqa: E402
-from serverproc import free_port, local_record, server_process  # noqa: E402
+from serverproc import llama_server_process, local_record, server_process  # noqa: E402
 
-from cli.commands.bench import _level, _prefix  # noqa: E402  (the load generator of `stacklet bench`)
+from cli.commands.bench import PREFIX_TOKENS, _level, _prefix  # noqa: E402  (the load generator of `stacklet bench`)
 from runtime.options import EngineOptions  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -53,31 +52,11 @@ def context_size(parallel: int, prompt_tokens: int, max_tokens: int) -> int:
 @contextmanager
 def llama_server(binary: str, ctx_size: int, parallel: int) -> Iterator[tuple[str, str]]:
     """(root URL, key) of llama-server with the same model, slots and KV room; one thread per core."""
-    import llama_cpp.llama_cpp as ll
+    from runtime.engines.llama.batch import physical_cores
 
-    from runtime.engines.llama.batch import amx_kernels, physical_cores
-
-    ll.llama_backend_init()
-    port = free_port()
-    command = [binary, "-m", str(testmodels.smollm_gguf()), "--port", str(port), "-np", str(parallel),
-               "-c", str(ctx_size), "-t", str(physical_cores())]
-    if amx_kernels():  # what stacklet does on such CPUs (batch.py); llama-server crashes otherwise
-        command.append("--no-repack")
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    root = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            assert proc.poll() is None, "llama-server exited during start-up"
-            try:
-                if httpx.get(root + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+    with llama_server_process(binary, testmodels.smollm_gguf(), threads=physical_cores(), parallel=parallel,
+                              ctx_size=ctx_size) as root:
         yield root, "none"
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 @contextmanager
@@ -158,7 +137,7 @@ def main() -> None:
     stream_levels = [int(n) for n in args.streams.split(",")]
     prompt_lengths = [int(n) for n in args.prompt_tokens.split(",")]
     layouts = [name for name in args.layouts.split(",") if name in LAYOUTS]
-    ctx_size = context_size(args.parallel, max(prompt_lengths), args.max_tokens)
+    ctx_size = context_size(args.parallel, max(*prompt_lengths, PREFIX_TOKENS), args.max_tokens)
     print(f"{args.parallel} sequences, {ctx_size} KV cells, {os.cpu_count()} CPUs", file=sys.stderr)
     samples = []
     with ExitStack() as stack:
