@@ -30,14 +30,16 @@ def local_record(name: str, kind: str, files: dict[str, Path], **fields) -> Mode
     return ModelRecord(name=name, kind=kind, source={"type": "local"}, files=model_files, **fields)
 
 
-def wait_healthy(root: str, process: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
+def wait_healthy(root: str, process: subprocess.Popen[bytes], attempts: int = 300) -> None:
+    """Until /health answers 200 (llama-server answers 503 while it loads), 0.1 s apart."""
+    for _ in range(attempts):
         assert process.poll() is None, "server exited during start-up"
         try:
             if httpx.get(f"{root}/health").status_code == 200:
                 return
         except httpx.TransportError:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     raise AssertionError("server did not become healthy")
 
 
@@ -83,14 +85,7 @@ def llama_server_process(binary: str, model: Path, *, threads: int, parallel: in
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     root = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            assert process.poll() is None, "llama-server exited during start-up"
-            try:
-                if httpx.get(root + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        wait_healthy(root, process, attempts=600)
         yield root
     finally:
         process.kill()
