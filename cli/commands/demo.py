@@ -66,8 +66,8 @@ def _sd15() -> tuple[Path, list[str] | None]:
 MODELS = (
     DemoModel("SmolLM2-135M-Instruct", "llm", _smollm, ("chat", "completions")),
     DemoModel("all-MiniLM-L6-v2", "embedding", _minilm, ("embeddings",)),
-    # No cross-encoder is on the index: MiniLM under a seeded head exercises /rerank, its scores are not relevance.
-    DemoModel("all-MiniLM-L6-v2-rank-head", "rerank", _minilm_reranker, ("rerank",)),
+    # No cross-encoder is on the index: MiniLM fine-tuned here as one (tests/train_reranker.py).
+    DemoModel("MiniLM-L6-reranker", "rerank", _minilm_reranker, ("rerank",)),
     DemoModel("piper-joe-medium", "speech", _piper, ("speech",)),
     DemoModel("whisper-tiny.en", "transcription", _whisper, ("transcriptions",)),
 )

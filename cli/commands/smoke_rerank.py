@@ -18,6 +18,7 @@ DOCUMENTS = [
     "The Eiffel Tower was finished in 1889.",
     "Bananas are rich in potassium.",
 ]
+ANSWER = 1
 
 
 def register(test_app: typer.Typer) -> None:
@@ -26,8 +27,8 @@ def register(test_app: typer.Typer) -> None:
 
 def test_rerank(model: str = typer.Argument(..., help="Reranker (cross-encoder) model to test."),
                 base_url: BaseUrlOption = None, api_key: ApiKeyOption = None, as_json: JsonOption = False) -> None:
-    """Rerank: every document scored and sorted (with its text), top_n without documents, Jina's document
-    objects."""
+    """Rerank: every document scored and sorted (with its text), the answer first, top_n without documents,
+    Jina's document objects."""
     import httpx
 
     url, key = openai_target(base_url, api_key)
@@ -40,6 +41,7 @@ def test_rerank(model: str = typer.Argument(..., help="Reranker (cross-encoder) 
         scores = [r["relevance_score"] for r in results]
         expect(scores == sorted(scores, reverse=True), "results are not sorted by relevance_score")
         expect(all(r["document"]["text"] == DOCUMENTS[r["index"]] for r in results), "documents do not match")
+        expect(results[0]["index"] == ANSWER, f"the answer is not first: {DOCUMENTS[results[0]['index']]!r} is")
         expect(result["usage"]["prompt_tokens"] > 0, "usage counts no tokens")
         check.detail = f"first: {DOCUMENTS[results[0]['index']][:40]!r} ({scores[0]:.3f})"
     with report.check("top_n, return_documents false"):

@@ -17,7 +17,7 @@ import pytest
 from runtime.config import Settings
 from runtime.store.keys import admin_key
 
-RERANK, EMBED, CHAT = "all-MiniLM-L6-v2-rank-head", "all-MiniLM-L6-v2", "SmolLM2-135M-Instruct"
+RERANK, EMBED, CHAT = "MiniLM-L6-reranker", "all-MiniLM-L6-v2", "SmolLM2-135M-Instruct"
 BODY = {"query": "capital of France", "documents": ["Paris is in France.", "Bananas are yellow."]}
 
 
@@ -64,6 +64,7 @@ def test_rerank_on_every_path_and_only_on_rerankers(http: httpx.Client) -> None:
                ("/v1/rerank", "/v1-openai/rerank", "/v2/rerank", "/rerank")]
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
     assert len({json.dumps(a.json()["results"]) for a in answers}) == 1  # the same answer everywhere
+    assert answers[0].json()["results"][0]["index"] == 0  # Paris first: a real (fine-tuned) cross-encoder
     for model in (EMBED, CHAT):
         refused = http.post("/v1/rerank", json={"model": model, **BODY})
         assert refused.status_code == 400 and "does not support /v1/rerank" in refused.json()["error"]["message"]
