@@ -58,3 +58,5 @@ class PullModelRequest(BaseModel):
     kind: str | None = None
     revision: str | None = None
     files: list[str] | None = None
+    quant: str | None = None  # fit, smallest or largest, when the source names no quant
+    dry_run: bool = False  # answer with what the pull would fetch (JSON), fetching nothing

@@ -21,7 +21,7 @@ from typing import Any
 
 from runtime.config import Paths
 from runtime.errors import ConflictError, InvalidRequestError, NotFoundError
-from runtime.store.registry import connect
+from runtime.store.registry import connect, database_full, storage_errors, transaction
 
 KEY_PREFIX = "sk-stacklet-"
 DISPLAY_LENGTH = len(KEY_PREFIX) + 4  # what `keys list` shows and what lookups index on
@@ -82,13 +82,8 @@ class KeyStore:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._conn):
             yield
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
 
     def create(self, name: str | None = None, expires_days: float | None = None,
                scope: str = INFERENCE) -> tuple[str, ApiKey]:
@@ -107,10 +102,11 @@ class KeyStore:
         expires = now + int(expires_days * 86400) if expires_days is not None else None
         record = ApiKey(name, key[:DISPLAY_LENGTH], now, None, expires, scope)
         try:
-            self._conn.execute(
-                f"INSERT INTO keys (hash, {COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (_digest(key), name, record.prefix, now, None, expires, scope),
-            )
+            with storage_errors():
+                self._conn.execute(
+                    f"INSERT INTO keys (hash, {COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (_digest(key), name, record.prefix, now, None, expires, scope),
+                )
         except sqlite3.IntegrityError:
             raise ConflictError(f"A key named '{name}' already exists. Choose another --name.") from None
         return key, record
@@ -125,7 +121,9 @@ class KeyStore:
         return [ApiKey(*row) for row in rows]
 
     def revoke(self, name: str) -> None:
-        if self._conn.execute("DELETE FROM keys WHERE name = ?", (name,)).rowcount == 0:
+        with storage_errors():
+            deleted = self._conn.execute("DELETE FROM keys WHERE name = ?", (name,)).rowcount
+        if deleted == 0:
             raise NotFoundError(f"No key named '{name}'. See `stacklet keys list`.", code="key_not_found")
 
     def verify(self, key: str) -> ApiKey | None:
@@ -146,8 +144,14 @@ class KeyStore:
         return None
 
     def _touch(self, record: ApiKey, now: int) -> None:
+        """Best effort: on a full disk the key still works, its last use is not recorded."""
         if record.last_used is None or now - record.last_used >= LAST_USED_RESOLUTION:
-            self._conn.execute("UPDATE keys SET last_used = ? WHERE name = ?", (now, record.name))
+            try:
+                self._conn.execute("UPDATE keys SET last_used = ? WHERE name = ?", (now, record.name))
+            except sqlite3.OperationalError as exc:
+                if not database_full(exc):
+                    raise
+                return
             record.last_used = now
 
     def close(self) -> None:

@@ -468,6 +468,22 @@ class FullDisk:
         return getattr(self.conn, name)
 
 
+def test_keys_on_a_full_disk() -> None:
+    from runtime.store.keys import KeyStore
+
+    keys = KeyStore(Settings.load().paths)
+    key, _ = keys.create("before")
+    keys._conn = FullDisk(keys._conn)  # type: ignore[assignment]
+    for write in (lambda: keys.create("after"), lambda: keys.revoke("before")):
+        with pytest.raises(InsufficientStorageError) as caught:
+            write()
+        assert caught.value.status == 507 and "Free some space" in caught.value.message
+    assert keys.verify(key) is not None  # the key still works; its last use goes unrecorded
+    keys._conn = keys._conn.conn
+    assert [k.name for k in keys.list()] == ["before"]
+    keys.close()
+
+
 class NoScheduler:
     async def start(self) -> None: ...
     async def shutdown(self) -> None: ...

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from hubserver import FakeHub, tiny_gguf
 from test_server import JSON_PARSE_MESSAGE, StubScheduler, make_client
 
 from runtime.config import Settings
@@ -123,3 +124,32 @@ def test_pull_refuses_an_unsafe_name_before_anything_starts(client, name):
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["param"] == "name" and "[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}" in error["message"]
+
+
+@pytest.fixture
+def fit_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    """A GGUF repo in three quants, the files growing with the quant."""
+    with FakeHub() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        server.add_repo("org/Fit-GGUF", {f"fit-{q}.gguf": tiny_gguf(extra=b"x" * (mib << 20))
+                                         for q, mib in (("Q2_K", 1), ("Q4_K_M", 2), ("Q8_0", 3))})
+        yield server
+
+
+def test_pull_takes_a_quant_policy_and_a_dry_run(client, fit_hub):
+    plan = client.post("/v1/models", json={"source": "org/Fit-GGUF", "quant": "largest", "dry_run": True})
+    assert plan.status_code == 200 and plan.headers["content-type"] == "application/json"
+    assert plan.json()["choice"]["quant"] == "Q8_0" and [f["path"] for f in plan.json()["files"]] == ["fit-Q8_0.gguf"]
+    # It fetched one GGUF header to choose, and nothing else.
+    assert all(r.startswith("bytes=0-") for _, _, r in fit_hub.requests("GET", "/cdn/"))
+    assert "Fit" not in {m["id"] for m in client.get("/v1/models").json()["data"]}
+    with client.stream("POST", "/v1/models", json={"source": "org/Fit-GGUF", "quant": "smallest"}) as response:
+        last = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")][-1]
+    assert last["event"] == "success" and last["model"]["files"][0]["path"].endswith("fit-Q2_K.gguf")
+
+
+def test_pull_refuses_an_unknown_policy_and_a_local_dry_run(importing, minilm_gguf):
+    refused = importing.post("/v1/models", json={"source": "org/Fit-GGUF", "quant": "biggest"})
+    assert refused.status_code == 400 and "fit, smallest, largest" in refused.json()["error"]["message"]
+    local = importing.post("/v1/models", json={"source": str(minilm_gguf), "dry_run": True})
+    assert local.status_code == 400 and local.json()["error"]["param"] == "dry_run"

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from runtime.config import Paths
+from runtime.errors import InvalidRequestError
 from runtime.http.bridge import from_thread
 from runtime.http.jsonbody import parse_json_body
 from runtime.http.sse import sse_response
@@ -32,6 +34,7 @@ from runtime.server.auth import require_admin_key, require_api_key
 from runtime.server.imports import local_source
 from runtime.server.openapi import ERROR_RESPONSES, request_body, success_response
 from runtime.server.routes.openai import openai_model, say_token_ids, workers_by_model
+from runtime.store.fit import check_policy
 from runtime.store.registry import ModelRecord, check_name
 from runtime.store.routes import Route
 from runtime.store.store import Store, check_pull
@@ -50,7 +53,8 @@ def create_router() -> APIRouter:
                          response_model=ManagedModelList)
     router.add_api_route("", pull_model, methods=["POST"], operation_id="pullModel",
                          openapi_extra=request_body(PullModelRequest), dependencies=ADMIN_ONLY["dependencies"],
-                         responses={200: success_response(("text/event-stream",)), **ADMIN_ONLY["responses"]})
+                         responses={200: success_response(("text/event-stream", "application/json")),
+                                    **ADMIN_ONLY["responses"]})
     router.add_api_route("/{model_id:path}/load", load_model, methods=["POST"], operation_id="loadModel",
                          response_model=ManagedModel, openapi_extra=request_body(LoadModelRequest), **ADMIN_ONLY)
     router.add_api_route("/{model_id:path}/unload", unload_model, methods=["POST"], operation_id="unloadModel",
@@ -120,14 +124,29 @@ async def delete_model(request: Request, model_id: str) -> dict[str, Any]:
     return {"id": record.name, "object": "model", "deleted": True, "freed_bytes": freed}
 
 
-async def pull_model(request: Request) -> StreamingResponse:
-    """Pull in a thread and stream the store's progress events; the last one holds the model."""
+async def pull_model(request: Request) -> Response:
+    """Pull in a thread and stream the store's progress events; the last one holds the model. With `dry_run`,
+    the plan alone, as JSON."""
     pull = PullModelRequest.model_validate(await read_json(request))
     check_pull(pull.source, pull.kind, pull.revision, pull.files)
+    check_policy(pull.quant)
     if pull.name is not None:
         check_name(pull.name)
     local = await run_in_threadpool(local_source, pull.source, request.app.state.settings.import_dirs)
+    if pull.dry_run:
+        if local is not None:
+            raise InvalidRequestError("dry_run shows what a hub pull would download; the source is a local path.",
+                                      param="dry_run")
+        return JSONResponse(await run_in_threadpool(_plan, request.app.state.settings.paths, pull))
     return sse_response(_pull_events(request, pull, local))
+
+
+def _plan(paths: Paths, pull: PullModelRequest) -> dict[str, Any]:
+    store = Store(paths)
+    try:
+        return store.plan(pull.source, pull.name, pull.revision, pull.files, quant=pull.quant)
+    finally:
+        store.close()
 
 
 async def _pull_events(request: Request, pull: PullModelRequest, local: Path | None) -> AsyncIterator[dict[str, Any]]:
@@ -139,7 +158,8 @@ async def _pull_events(request: Request, pull: PullModelRequest, local: Path | N
         store = Store(paths)
         try:
             put(store.pull(source, pull.name, pull.kind, pull.revision, pull.files, progress=put,
-                           hub_only=local is None, cancelled=lambda: gone.is_set() or stopping.is_set()))
+                           hub_only=local is None, cancelled=lambda: gone.is_set() or stopping.is_set(),
+                           quant=pull.quant))
         finally:
             store.close()
 
