@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import random
-import struct
 import sys
 from pathlib import Path
 
@@ -22,26 +21,15 @@ import torch
 from tokenizers import BertWordPieceTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from cli.demo_models import _read_safetensors  # noqa: E402  (numpy only: runs in the training venv)
+
 TRAIN = ROOT / "tests" / "data" / "rerank-train.jsonl"
 OUT = ROOT / "cli" / "data" / "minilm-reranker.npz"
 RANK, ALPHA = 16, 32
 ADAPTED = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
            "intermediate.dense", "output.dense")
 RANDOM_NEGATIVES, BATCH, EPOCHS, LR, MAX_TOKENS, DROPOUT = 3, 8, 1, 4e-4, 192, 0.1
-
-
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    data = path.read_bytes()
-    size = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8 : 8 + size])
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__" or info["dtype"] != "F32":
-            continue
-        start, end = info["data_offsets"]
-        array = np.frombuffer(data[8 + size + start : 8 + size + end], np.float32).reshape(info["shape"])
-        out[name.removeprefix("bert.")] = torch.from_numpy(array.copy())
-    return out
 
 
 def adapter_key(layer: int, name: str) -> str:
@@ -126,7 +114,9 @@ def train(minilm: Path) -> None:
     torch.manual_seed(0)
     rng = random.Random(0)
     cfg = json.loads((minilm / "config.json").read_text())
-    model = CrossEncoder(read_safetensors(minilm / "model.safetensors"), cfg)
+    weights = {name.removeprefix("bert."): torch.from_numpy(array.astype(np.float32))
+               for name, array in _read_safetensors(minilm / "model.safetensors").items() if array.dtype != np.int64}
+    model = CrossEncoder(weights, cfg)
     tokenizer = BertWordPieceTokenizer(str(minilm / "vocab.txt"), lowercase=True)
     examples = [json.loads(line) for line in TRAIN.read_text().splitlines() if line.strip()]
     passages = [p for e in examples for p in [e["positive"], *e["negatives"]]]

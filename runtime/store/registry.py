@@ -131,37 +131,33 @@ def connect(path: Path) -> sqlite3.Connection:
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; a full disk is InsufficientStorageError."""
-    conn.execute("BEGIN IMMEDIATE")
+    with storage_errors():
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:  # SQLite has rolled back already after some errors (a full disk)
+                conn.execute("ROLLBACK")
+            raise
+
+
+@contextmanager
+def storage_errors() -> Iterator[None]:
+    """SQLite's full disk becomes InsufficientStorageError (`transaction` writes inside one)."""
     try:
-        yield conn
-        conn.execute("COMMIT")
-    except BaseException as exc:
-        if conn.in_transaction:  # SQLite has rolled back already after some errors (a full disk)
-            conn.execute("ROLLBACK")
+        yield
+    except sqlite3.OperationalError as exc:
         if database_full(exc):
-            raise database_full_error() from None
+            raise InsufficientStorageError(
+                "The disk is full: the database could not be written, nothing was changed. Free some space, "
+                "then try again."
+            ) from None
         raise
 
 
 def database_full(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "database or disk is full" in str(exc)
-
-
-def database_full_error() -> InsufficientStorageError:
-    return InsufficientStorageError(
-        "The disk is full: the database could not be written, nothing was changed. Free some space, then try again."
-    )
-
-
-@contextmanager
-def storage_errors() -> Iterator[None]:
-    """A write outside `transaction`: SQLite's full disk becomes InsufficientStorageError."""
-    try:
-        yield
-    except sqlite3.OperationalError as exc:
-        if database_full(exc):
-            raise database_full_error() from None
-        raise
 
 
 class Registry:
