@@ -105,6 +105,7 @@ class FakeEngine:
         self.parallel = spec.options.parallel or PARALLEL
         self.voices = ["fake"]
         self._generated = 0
+        self._seeded = False  # whether a seeded request came, for which the llama engine makes a context of its own
         self._lock = threading.Lock()
         if spec.metadata.get("fake_load_error"):
             raise EngineError(str(spec.metadata["fake_load_error"]))
@@ -120,7 +121,7 @@ class FakeEngine:
         facts: dict[str, Any] = {"engine": "fake", "kind": self.spec.kind, "options": self.spec.options.as_dict()}
         if self.spec.kind in ("llm", "embedding"):
             facts.update(context_length=self.context_length, parallel=self.parallel,
-                         embedding_length=self.embedding_length)
+                         embedding_length=self.embedding_length, seeded_context=self._seeded)
         if self.spec.kind == "speech":
             facts["voices"] = self.voices
         return facts
@@ -178,6 +179,7 @@ class FakeEngine:
                  cancel: threading.Event) -> DeltaStream:
         """Deltas for `n` choices of one prompt, decoded together with every other request."""
         self._check_generate(prompt, n)
+        self._seeded = self._seeded or params.seed is not None
         usage.prompt_tokens = len(prompt)
         choices = [_Choice(index, random.Random(_digest(prompt, params.seed or 0, index)), StopScanner(params.stop))
                    for index in range(n)]

@@ -23,7 +23,7 @@ from runtime.config import Settings
 from runtime.errors import QueueFullError, StackletError, WorkerError
 from runtime.options import EngineOptions, check_context_size, first_keep_alive, parse_keep_alive
 from runtime.scheduler.gate import Gate
-from runtime.scheduler.memory import check_budget, default_budget, estimate
+from runtime.scheduler.memory import check_budget, default_budget, estimate, seeded_context
 from runtime.scheduler.process import WorkerProcess, socket_dir
 from runtime.spec import KINDS, ModelSpec, WorkerLimits
 from runtime.store.registry import ModelRecord, Registry
@@ -48,6 +48,7 @@ class Slot:
     load_keep_alive: float | None = None
     model_keep_alive: float | None = None  # stored with the model; refreshed on every request and load
     memory: int = 0  # estimate for the loaded worker
+    seeded_memory: int = 0  # what it adds once its engine has made a context for seeded requests
     waiting: int = 0  # admitted requests that have not started yet
     last_used: float = 0.0
     expires_at: float | None = None
@@ -63,6 +64,12 @@ class Slot:
     @property
     def idle(self) -> bool:
         return self.gate.active == 0 and self.waiting == 0 and self.loading is None
+
+    @property
+    def memory_in_use(self) -> int:
+        """The estimate, and the seeded context once the worker's last status says it was made."""
+        seeded = self.worker is not None and self.worker.status.get("info", {}).get("seeded_context")
+        return self.memory + (self.seeded_memory if seeded else 0)
 
 
 class ModelLease:
@@ -215,7 +222,7 @@ class Scheduler:
             "loads": {slot.name: slot.loads for slot in self._slots.values()},
             "crashes": {slot.name: slot.crashes for slot in self._slots.values()},
             "memory_budget": self.budget,
-            "memory_used": sum(slot.memory for slot in self._slots.values()),
+            "memory_used": sum(slot.memory_in_use for slot in self._slots.values()),
         }
 
     # Internals
@@ -241,6 +248,7 @@ class Scheduler:
             record = self.registry.get(slot.name)
             spec = self.spec_for(record, slot.load_options)
             memory = self._admit(record, spec.options)
+            slot.seeded_memory = seeded_context(record.kind, record.metadata, spec.options)
             await self._make_room(slot, memory)
             worker = self._start_worker(spec, self._socket_dir / f"w{os.getpid()}-{next(self._sockets)}.sock")
             slot.worker, slot.state, slot.memory = worker, "loading", memory
@@ -275,7 +283,7 @@ class Scheduler:
         while True:
             others = [s for s in self._slots.values() if s is not slot and s.worker is not None]
             limit = self.settings.max_loaded_models
-            fits = (not limit or len(others) < limit) and sum(s.memory for s in others) + need <= self.budget
+            fits = (not limit or len(others) < limit) and sum(s.memory_in_use for s in others) + need <= self.budget
             if fits or not others:
                 return
             idle = [s for s in others if s.idle and s.state == "ready"]
@@ -344,7 +352,7 @@ class Scheduler:
             "model": slot.name,
             "state": slot.state,
             "pid": worker.pid,
-            "memory": slot.memory,
+            "memory": slot.memory_in_use,
             "rss": worker.rss(),
             "queue_depth": slot.waiting,
             "active": slot.gate.active,

@@ -157,6 +157,7 @@ def test_cached_prefix_is_reused_and_gives_the_same_answer(smollm_gguf: Path) ->
         assert next_turn.cached_tokens >= len(first) + 3
         stats = engine.stats()  # finished sequences wait in RAM, not in the KV pool
         assert stats["cached_prefixes"] >= 1 and stats["kv_cells_used"] == 0
+        assert not stats["seeded_context"]  # greedy requests never make the second context
     finally:
         engine.close()
 

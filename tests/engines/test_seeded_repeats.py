@@ -55,6 +55,7 @@ def test_a_seeded_request_repeats_exactly_on_a_warm_engine(engine: BatchEngine) 
     assert len(prompt) > 512
     first = run(engine, prompt, seed=7)
     assert len(first) == 32
+    assert engine.stats()["seeded_context"]  # the scheduler counts its memory from then on
     # Unseeded requests fill the pool, leave prefixes in the host cache (this very prompt among them) and
     # run beside the repeats.
     others = [story(engine, f"note {i}", repeats=8 + 4 * i) for i in range(3)] + [prompt]

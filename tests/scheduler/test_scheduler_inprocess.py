@@ -74,14 +74,15 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
 # Requests: what the server's proxy does, over the worker's socket
 
 
-async def chat(scheduler: Scheduler, model: str, keep_alive: float | None = None, max_tokens: int = 1) -> str:
+async def chat(scheduler: Scheduler, model: str, keep_alive: float | None = None, max_tokens: int = 1,
+               seed: int | None = None) -> str:
     """One chat completion through a lease; the reply's text."""
     lease = scheduler.lease(model, keep_alive)
     socket_path = await lease.acquire()
     ok = False
     try:
         body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}],
-                           "max_tokens": max_tokens}).encode()
+                           "max_tokens": max_tokens, "seed": seed}).encode()
         reply = await WorkerResponse.open(socket_path, "/v1/chat/completions", body,
                                           {"content-type": "application/json"})
         try:
@@ -286,6 +287,26 @@ def test_a_kv_cache_over_the_budget_is_refused_naming_ctx_size(setup: Callable[.
         assert refused.value.param == "ctx_size" and "KV cache for 100000 tokens" in refused.value.message
         assert env.farm.of("m") == []  # refused before a worker started
         await scheduler.load("m", options={"ctx_size": 4096})
+
+    env.run(scenario)
+
+
+def test_a_seeded_context_counts_once_made_and_makes_room(setup: Callable[..., Env]) -> None:
+    gqa = {"block_count": 30, "embedding_length": 576, "head_count": 9, "head_count_kv": 3, "context_length": 2048}
+    kv = 30 * 2048 * 3 * (64 * 2 + 64 * 2)  # one KV pool of 2048 f16 cells: a seeded context adds it once more
+    base = 2 * kv + OVERHEAD  # the pool and the host cache of idle prefixes
+    env = setup({"a": gqa, "b": gqa}, memory_budget=2 * base + kv // 2)
+
+    async def scenario(scheduler: Scheduler) -> None:
+        await chat(scheduler, "a")
+        assert loaded(scheduler)["a"]["memory"] == base
+        await chat(scheduler, "a", seed=1)
+        await eventually(lambda: loaded(scheduler)["a"]["memory"] == base + kv, "the seeded context counted")
+        assert scheduler.metrics()["memory_used"] == base + kv
+        await chat(scheduler, "b")  # both fit without the seeded context, not with it: a goes
+        assert set(loaded(scheduler)) == {"b"} and env.farm.stopped == ["a"]
+        await chat(scheduler, "a")  # a new worker has no seeded context yet
+        assert set(loaded(scheduler)) == {"a", "b"} and scheduler.metrics()["memory_used"] == 2 * base
 
     env.run(scenario)
 

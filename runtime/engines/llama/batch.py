@@ -172,7 +172,7 @@ class BatchEngine:
     def stats(self) -> dict[str, Any]:
         seeded = self._seeded[1].stats() if self._seeded else {"active_sequences": 0, "waiting_requests": 0}
         return {"parallel": self.parallel, "queue_depth": self._inbox.qsize(), "threads": self._threads,
-                **self._work.stats(),
+                **self._work.stats(), "seeded_context": self._seeded is not None,
                 "seeded_requests": min(seeded["active_sequences"], 1) + seeded["waiting_requests"]}
 
     def close(self) -> None:
