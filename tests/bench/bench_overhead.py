@@ -1,0 +1,92 @@
+"""What serving costs besides llama.cpp: CPU milliseconds per streamed token in the server process, in the
+worker's threads other than its two busiest (llama.cpp's compute threads, the decode thread among them) and
+in this client, at each concurrency. On a machine whose cores all run compute threads, every one of those
+milliseconds is taken from llama.cpp.
+
+Run: python tests/bench/bench_overhead.py [--streams 1,8] [--requests 4] [--max-tokens 128]
+Uses SmolLM2 (tests/testmodels.py), its chat completions streamed with the load generator of `stacklet bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import sys
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import testmodels  # noqa: E402
+from bench_vs_llama_server import MODEL, sample  # noqa: E402
+from serverproc import local_record, server_process  # noqa: E402
+
+from runtime.options import EngineOptions  # noqa: E402
+
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+COMPUTE_THREADS = 2  # the decode thread and llama.cpp's worker on a 2-core machine: the busiest two
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of each of the process's threads, by thread id."""
+    seconds = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended
+        seconds[tid] = (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+    return seconds
+
+
+def children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def spent(before: dict[str, float], after: dict[str, float]) -> list[float]:
+    return sorted((after[tid] - before.get(tid, 0.0) for tid in after), reverse=True)
+
+
+def measure(root: str, key: str, server_pid: int, streams: int, requests: int, max_tokens: int) -> dict[str, float]:
+    worker_pid = children(server_pid)[0]
+    server, worker, client = thread_cpu(server_pid), thread_cpu(worker_pid), own_cpu()
+    level = asyncio.run(sample(root, key, streams, requests, max_tokens, 64))
+    tokens = level["tokens"]
+    worker_threads = spent(worker, thread_cpu(worker_pid))
+    per_token = 1000 / tokens
+    return {"streams": streams, "tok_s": level["aggregate_tok_s"], "wall_ms": level["wall_s"] * per_token,
+            "server_ms": sum(spent(server, thread_cpu(server_pid))) * per_token,
+            "worker_ms": sum(worker_threads[COMPUTE_THREADS:]) * per_token,
+            "compute_ms": sum(worker_threads[:COMPUTE_THREADS]) * per_token,
+            "client_ms": (own_cpu() - client) * per_token}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", default="1,8")
+    parser.add_argument("--requests", type=int, default=4, help="requests per stream")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    args = parser.parse_args()
+    options = EngineOptions(parallel=8)
+    record = local_record(MODEL, "llm", {"model": testmodels.smollm_gguf()}, options=options, keep_alive=-1.0)
+    with TemporaryDirectory() as home, server_process(Path(home), [record]) as (root, key):
+        asyncio.run(sample(root, key, 1, 1, 8, 64))  # load the model
+        server_pid = children(os.getpid())[0]
+        print("| streams | tok/s | wall ms per token | CPU ms per token: server | worker outside compute "
+              "| client | both compute threads |")
+        print("|---|---|---|---|---|---|---|")
+        for streams in (int(n) for n in args.streams.split(",")):
+            row = measure(root, key, server_pid, streams, streams * args.requests, args.max_tokens)
+            print(f"| {streams} | {row['tok_s']:.1f} | {row['wall_ms']:.2f} | {row['server_ms']:.3f} | "
+                  f"{row['worker_ms']:.3f} | {row['client_ms']:.3f} | {row['compute_ms']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
