@@ -7,9 +7,9 @@ from typing import Any
 from runtime.engines.llama.defaults import chat_context
 from runtime.errors import InvalidRequestError
 from runtime.options import EngineOptions
-from runtime.store.footprint import OVERHEAD, estimate, gpu_memory, seeded_context, system_ram
+from runtime.store.footprint import OVERHEAD, estimate, gpu_memory, seeded_context_bytes, system_ram
 
-__all__ = ["OVERHEAD", "check_budget", "default_budget", "estimate", "gpu_memory", "seeded_context", "system_ram"]
+__all__ = ["OVERHEAD", "check_budget", "default_budget", "estimate", "gpu_memory", "seeded_context_bytes", "system_ram"]
 
 RAM_SHARE = 0.8  # leave the rest to the OS and the server itself
 

@@ -23,7 +23,7 @@ from runtime.config import Settings
 from runtime.errors import QueueFullError, StackletError, WorkerError
 from runtime.options import EngineOptions, check_context_size, first_keep_alive, parse_keep_alive
 from runtime.scheduler.gate import Gate
-from runtime.scheduler.memory import check_budget, default_budget, estimate, seeded_context
+from runtime.scheduler.memory import check_budget, default_budget, estimate, seeded_context_bytes
 from runtime.scheduler.process import WorkerProcess, socket_dir
 from runtime.spec import KINDS, ModelSpec, WorkerLimits
 from runtime.store.registry import ModelRecord, Registry
@@ -248,7 +248,7 @@ class Scheduler:
             record = self.registry.get(slot.name)
             spec = self.spec_for(record, slot.load_options)
             memory = self._admit(record, spec.options)
-            slot.seeded_memory = seeded_context(record.kind, record.metadata, spec.options)
+            slot.seeded_memory = seeded_context_bytes(record.kind, record.metadata, spec.options)
             await self._make_room(slot, memory)
             worker = self._start_worker(spec, self._socket_dir / f"w{os.getpid()}-{next(self._sockets)}.sock")
             slot.worker, slot.state, slot.memory = worker, "loading", memory

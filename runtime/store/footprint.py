@@ -31,7 +31,7 @@ def kv_cache(kind: str, metadata: dict[str, Any], options: EngineOptions, on_gpu
     return kv_cache_bytes(metadata, options) * copies
 
 
-def seeded_context(kind: str, metadata: dict[str, Any], options: EngineOptions) -> int:
+def seeded_context_bytes(kind: str, metadata: dict[str, Any], options: EngineOptions) -> int:
     """The KV pool once more, which a chat model takes once it has served a seeded request: those run in a
     context of their own (runtime/engines/llama/batch.py). Not in `estimate`, since most models never make one."""
     return kv_cache_bytes(metadata, options) if kind == "llm" else 0

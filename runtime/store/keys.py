@@ -14,8 +14,7 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, suppress
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -80,10 +79,8 @@ class KeyStore:
     def _has_scopes(self) -> bool:
         return "scope" in {row[1] for row in self._conn.execute("PRAGMA table_info(keys)")}
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        with transaction(self._conn):
-            yield
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._conn)
 
     def create(self, name: str | None = None, expires_days: float | None = None,
                scope: str = INFERENCE) -> tuple[str, ApiKey]:

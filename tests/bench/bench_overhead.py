@@ -1,7 +1,7 @@
 """What serving costs besides llama.cpp: CPU milliseconds per streamed token in the server process, in the
-worker's threads other than its two busiest (llama.cpp's compute threads, the decode thread among them) and
-in this client, at each concurrency. On a machine whose cores all run compute threads, every one of those
-milliseconds is taken from llama.cpp.
+worker's threads other than its busiest, one per physical core (llama.cpp's compute threads, the decode thread
+among them), and in this client, at each concurrency. On a machine whose cores all run compute threads,
+every one of those milliseconds is taken from llama.cpp.
 
 Run: python tests/bench/bench_overhead.py [--streams 1,8] [--requests 4] [--max-tokens 128]
 Uses SmolLM2 (tests/testmodels.py), its chat completions streamed with the load generator of `stacklet bench`.
@@ -23,10 +23,10 @@ import testmodels  # noqa: E402
 from bench_vs_llama_server import MODEL, sample  # noqa: E402
 from serverproc import local_record, server_process  # noqa: E402
 
+from runtime.engines.llama.batch import physical_cores  # noqa: E402
 from runtime.options import EngineOptions  # noqa: E402
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-COMPUTE_THREADS = 2  # the decode thread and llama.cpp's worker on a 2-core machine: the busiest two
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -60,11 +60,12 @@ def measure(root: str, key: str, server_pid: int, streams: int, requests: int, m
     level = asyncio.run(sample(root, key, streams, requests, max_tokens, 64))
     tokens = level["tokens"]
     worker_threads = spent(worker, thread_cpu(worker_pid))
+    compute = physical_cores()  # llama.cpp's compute threads, the decode thread among them: the busiest
     per_token = 1000 / tokens
     return {"streams": streams, "tok_s": level["aggregate_tok_s"], "wall_ms": level["wall_s"] * per_token,
             "server_ms": sum(spent(server, thread_cpu(server_pid))) * per_token,
-            "worker_ms": sum(worker_threads[COMPUTE_THREADS:]) * per_token,
-            "compute_ms": sum(worker_threads[:COMPUTE_THREADS]) * per_token,
+            "worker_ms": sum(worker_threads[compute:]) * per_token,
+            "compute_ms": sum(worker_threads[:compute]) * per_token,
             "client_ms": (own_cpu() - client) * per_token}
 
 
