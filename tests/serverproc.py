@@ -70,8 +70,10 @@ def server_process(home: Path, records: Iterable[ModelRecord] = ()) -> Iterator[
 
 
 @contextmanager
-def llama_server_process(binary: str, model: Path, *, threads: int, parallel: int, ctx_size: int) -> Iterator[str]:
-    """Root URL of llama.cpp's own llama-server (for benchmarks), loaded the way stacklet loads the model."""
+def llama_server_process(binary: str, model: Path, *, threads: int, parallel: int, ctx_size: int,
+                         gpu_layers: str | None = None) -> Iterator[str]:
+    """Root URL of llama.cpp's own llama-server (for benchmarks), loaded the way stacklet loads the model:
+    `gpu_layers` is stacklet's n_gpu_layers (a count or "all"; None leaves llama-server's default)."""
     import llama_cpp.llama_cpp as ll
 
     from runtime.engines.llama.batch import amx_kernels
@@ -82,6 +84,8 @@ def llama_server_process(binary: str, model: Path, *, threads: int, parallel: in
                "-c", str(ctx_size)]
     if amx_kernels():  # what stacklet does on such CPUs (batch.py); llama-server crashes otherwise
         command.append("--no-repack")
+    if gpu_layers is not None:
+        command += ["-ngl", "999" if gpu_layers == "all" else gpu_layers]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     root = f"http://127.0.0.1:{port}"
     try:

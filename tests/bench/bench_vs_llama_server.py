@@ -6,9 +6,11 @@ ratios to llama-server.
 
 Run: python tests/bench/bench_vs_llama_server.py --llama-server PATH [--rounds 2] [--streams 1,8,16]
 [--prompt-tokens 64,500,2000] [--max-tokens 128] [--parallel 8] [--waves 2] [--layouts pool,slots] [--json]
-Uses SmolLM2 (tests/testmodels.py). All servers get `--parallel` sequences and the same KV cells: enough
-for each of llama-server's slots (ctx / parallel) to hold the longest prompt (or the 1,000-token
-prefixes) and its answer.
+[--model GGUF] [--gpu-layers all]
+Uses SmolLM2 (tests/testmodels.py) unless --model names a GGUF with its tokenizer (tests/bench/random_gguf.py
+writes bigger ones); --gpu-layers offloads that many layers (or all) in every server. All servers get
+`--parallel` sequences and the same KV cells: enough for each of llama-server's slots (ctx / parallel) to hold
+the longest prompt (or the 1,000-token prefixes) and its answer.
 Run it on an otherwise quiet machine.
 """
 
@@ -50,20 +52,22 @@ def context_size(parallel: int, prompt_tokens: int, max_tokens: int) -> int:
 
 
 @contextmanager
-def llama_server(binary: str, ctx_size: int, parallel: int) -> Iterator[tuple[str, str]]:
-    """(root URL, key) of llama-server with the same model, slots and KV room; one thread per core."""
+def llama_server(binary: str, model: Path, ctx_size: int, parallel: int,
+                 gpu_layers: str | None) -> Iterator[tuple[str, str]]:
+    """(root URL, key) of llama-server with the same model, slots, KV room and offload; one thread per core."""
     from runtime.engines.llama.batch import physical_cores
 
-    with llama_server_process(binary, testmodels.smollm_gguf(), threads=physical_cores(), parallel=parallel,
-                              ctx_size=ctx_size) as root:
+    with llama_server_process(binary, model, threads=physical_cores(), parallel=parallel, ctx_size=ctx_size,
+                              gpu_layers=gpu_layers) as root:
         yield root, "none"
 
 
 @contextmanager
-def stacklet(ctx_size: int, parallel: int, slots: bool) -> Iterator[tuple[str, str]]:
-    """(root URL, admin key) of `python -m runtime` serving SmolLM2 with those options."""
-    options = EngineOptions(ctx_size=ctx_size, parallel=parallel, kv_slots=slots or None)
-    record = local_record(MODEL, "llm", {"model": testmodels.smollm_gguf()}, options=options,
+def stacklet(model: Path, ctx_size: int, parallel: int, slots: bool,
+             gpu_layers: str | None) -> Iterator[tuple[str, str]]:
+    """(root URL, admin key) of `python -m runtime` serving the model with those options."""
+    options = EngineOptions(ctx_size=ctx_size, parallel=parallel, kv_slots=slots or None, n_gpu_layers=gpu_layers)
+    record = local_record(MODEL, "llm", {"model": model}, options=options,
                           keep_alive=-1.0)  # never unloaded while the other servers take their turns
     with TemporaryDirectory() as home, server_process(Path(home), [record]) as running:
         yield running
@@ -133,7 +137,10 @@ def main() -> None:
     parser.add_argument("--waves", type=int, default=2, help="requests per sample = streams * waves")
     parser.add_argument("--layouts", default="pool,slots", help="stacklet's KV layouts: pool, slots or both")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--model", type=Path, help="a GGUF text model (default: SmolLM2)")
+    parser.add_argument("--gpu-layers", help="layers to offload to the GPU in every server: a count or 'all'")
     args = parser.parse_args()
+    model = args.model or testmodels.smollm_gguf()
     stream_levels = [int(n) for n in args.streams.split(",")]
     prompt_lengths = [int(n) for n in args.prompt_tokens.split(",")]
     layouts = [name for name in args.layouts.split(",") if name in LAYOUTS]
@@ -141,9 +148,11 @@ def main() -> None:
     print(f"{args.parallel} sequences, {ctx_size} KV cells, {os.cpu_count()} CPUs", file=sys.stderr)
     samples = []
     with ExitStack() as stack:
-        servers = {LAYOUTS[layout]: stack.enter_context(stacklet(ctx_size, args.parallel, layout == "slots"))
+        servers = {LAYOUTS[layout]: stack.enter_context(stacklet(model, ctx_size, args.parallel, layout == "slots",
+                                                                 args.gpu_layers))
                    for layout in layouts}
-        servers[LLAMA_SERVER] = stack.enter_context(llama_server(args.llama_server, ctx_size, args.parallel))
+        servers[LLAMA_SERVER] = stack.enter_context(llama_server(args.llama_server, model, ctx_size, args.parallel,
+                                                                 args.gpu_layers))
         names = list(servers)
         warm_up(servers, prompt_lengths)
         for round_ in range(args.rounds):
