@@ -10,7 +10,9 @@
 - `GET /api/models?search=&filter=&limit=`: the model search (name substring, tags, most downloaded first);
 - ModelScope's API over the same repos: `GET /api/v1/models/{repo}/repo/files?Revision=master&Recursive=True`
   (`{"Code": 200, "Success": true, "Data": {"Files": [{"Path", "Type", "Size", "Sha256", ...}]}}`) and
-  `GET /api/v1/models/{repo}/repo?Revision=...&FilePath=...` (LFS files redirect to the CDN).
+  `GET /api/v1/models/{repo}/repo?Revision=...&FilePath=...` (LFS files redirect to the CDN), and its model
+  search `PUT /api/v1/dolphin/models` (`{"Name", "SortBy": "DownloadsCount", "PageSize", ...}` ->
+  `{"Code": 200, "Success": true, "Data": {"Model": {"Models": [{"Path", "Name", "Downloads"}], "TotalCount"}}}`).
 
 Fault injection: `drop_once` closes the connection mid-file once; `stall_after` sends part of a file and
 then hangs until released (or until the client closes the connection: `client_gone`); `corrupt` serves
@@ -62,6 +64,8 @@ class HubState:
     release: threading.Event = field(default_factory=threading.Event)
     client_gone: threading.Event = field(default_factory=threading.Event)  # a stalled download's client closed
     log: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range header)
+    bodies: list[Any] = field(default_factory=list)  # the JSON bodies of PUT requests
+    rewrite_search: Callable[[dict[str, Any]], Any] | None = None  # hostile ModelScope search answers
     authorized: list[str] = field(default_factory=list)  # paths requested with an Authorization header
     blobs: dict[str, bytes] = field(default_factory=dict)
 
@@ -115,6 +119,14 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             self._route(body=True)
+
+        def do_PUT(self) -> None:
+            state.log.append(("PUT", urlsplit(self.path).path, None))
+            request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
+            state.bodies.append(request)
+            if urlsplit(self.path).path != "/api/v1/dolphin/models":
+                return self._error(404, "RepoNotFound")
+            self._modelscope_search(request)
 
         def _route(self, body: bool) -> None:
             path = unquote(urlsplit(self.path).path)
@@ -243,6 +255,20 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
             if is_lfs(query["FilePath"]):  # large files come from a CDN host, as ModelScope's OSS
                 return self._send(302, b"", {"Location": f"http://localhost:{self.server.server_address[1]}/cdn/{sha}"})
             self._ranged(sha, data, body)
+
+        def _modelscope_search(self, request: dict[str, Any]) -> None:
+            """Repos whose name contains `Name`, most downloaded first (ModelScope's sort "DownloadsCount")."""
+            word = str(request.get("Name", "")).lower()
+            found = sorted(((name, repo) for name, repo in state.repos.items()
+                            if word in name.lower() and repo.gated_token is None), key=lambda item: -item[1].downloads)
+            page = found[:int(request.get("PageSize", 10))]
+            models = [{"Path": name.split("/")[0], "Name": name.split("/")[1], "Downloads": repo.downloads,
+                       "ChineseName": "", "Stars": 0} for name, repo in page]
+            found_models = {"Models": models, "TotalCount": len(found)}
+            answer: Any = {"Code": 200, "Success": True, "Data": {"Model": found_models}}
+            if state.rewrite_search is not None:
+                answer = state.rewrite_search(answer)
+            self._send(200, json.dumps(answer).encode(), {"Content-Type": "application/json"})
 
         def _modelscope_files(self, repo: Repo) -> None:
             folders = sorted({path.rsplit("/", 1)[0] for path in repo.files if "/" in path})

@@ -16,6 +16,7 @@ from runtime.errors import InvalidRequestError, StackletError
 from runtime.spec import KINDS, model_capabilities
 from runtime.store.fit import POLICIES
 from runtime.store.search import TAGS as SEARCH_TAGS
+from runtime.store.selection import HUBS
 
 if TYPE_CHECKING:
     from runtime.store.registry import ModelRecord
@@ -348,6 +349,9 @@ def _age(created: int) -> str:
 
 
 SearchKind = Enum("SearchKind", {name: name for name in SEARCH_TAGS}, type=str)  # the choices of search --kind
+SearchHub = Enum("SearchHub", {name: name for name in HUBS}, type=str)  # the choices of search --hub
+SearchHubOption = typer.Option(None, "--hub", help="Where to search (default: STACKLET_HUB, or the config's hub, "
+                               "else huggingface).", show_default=False)
 SearchKindOption = typer.Option("llm", "--kind", help="What to look for: GGUF models (llm, embedding, rerank), image, "
                                 "speech (Piper) or transcription (faster-whisper).")
 
@@ -355,11 +359,12 @@ SearchKindOption = typer.Option("llm", "--kind", help="What to look for: GGUF mo
 def search(query: str = typer.Argument(..., help="A word of the repo name, e.g. SmolLM2 or Qwen2.5."),
            kind: SearchKind = SearchKindOption,
            limit: int = typer.Option(10, "--limit", help="Most repos to look at (1 to 50; one request each)."),
-           token: str | None = typer.Option(None, "--token", help="Hugging Face token (default: HF_TOKEN).",
-                                            show_default=False),
+           hub: SearchHub | None = SearchHubOption,
+           token: str | None = typer.Option(None, "--token", help="The hub's token (default: HF_TOKEN, or "
+                                            "MODELSCOPE_API_TOKEN on ModelScope).", show_default=False),
            as_json: options.JsonOption = False) -> None:
-    """Search Hugging Face for models stacklet can pull: GGUF repos with their quants and sizes, or voices,
-    transcription and image models. Most downloaded first.
+    """Search Hugging Face or ModelScope for models stacklet can pull: GGUF repos with their quants and sizes,
+    or voices, transcription and image models. Most downloaded first.
 
     --json prints an array: {repo, downloads, format (gguf, piper, whisper, diffusion), quants: [{quant, size}],
     size (non-GGUF: the model's files), pull (what to give `stacklet pull`)}.
@@ -367,17 +372,20 @@ def search(query: str = typer.Argument(..., help="A word of the repo name, e.g. 
     from runtime.config import Settings
     from runtime.store.search import search as search_hub
 
-    found = search_hub(Settings.load().paths.models, query, kind.value, limit, token)
+    settings = Settings.load()
+    hub_name = hub.value if hub else settings.hub
+    found = search_hub(settings.paths.models, query, kind.value, limit, token, hub=hub_name)
     if as_json:
         output.print_json(found)
         return
     if not found:
-        say(f"No {kind.value} repos on the hub match '{query}'. Try a shorter word or another --kind.", markup=False)
+        say(f"No {kind.value} repos on {hub_name} match '{query}'. Try a shorter word or another --kind.", markup=False)
         return
     output.listing(["REPO", "FORMAT", "QUANTS / SIZE", "DOWNLOADS"],
                    [[f["repo"], f["format"], _offer(f), f["downloads"]] for f in found])
-    say("Pull one: stacklet pull hf.co/OWNER/REPO[:QUANT] (without a quant, the largest that fits this machine).",
-        markup=False)
+    prefix = found[0]["pull"].split("/", 1)[0]
+    say(f"Pull one: stacklet pull {prefix}/OWNER/REPO[:QUANT] (without a quant, the largest that fits this "
+        "machine).", markup=False)
 
 
 def _offer(found: dict[str, Any]) -> str:

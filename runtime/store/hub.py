@@ -49,6 +49,11 @@ CANCELLED_MESSAGE = ("The pull stopped early: its client went away or the server
 Cancelled = Callable[[], bool]
 
 
+def is_repo_id(name: object) -> bool:
+    """`owner/name` as a hub's search may name a repo; anything else (a path, `..`) is no repo to list."""
+    return isinstance(name, str) and bool(REPO_ID.fullmatch(name)) and not {".", ".."} & set(name.split("/"))
+
+
 def never() -> bool:
     return False
 
@@ -115,7 +120,7 @@ class Hub:
             except (KeyError, TypeError, ValueError, AttributeError):
                 raise self._bad_answer(query, "search result", "(unreadable)") from None
         return [(m.id, m.downloads if isinstance(m.downloads, int) else 0) for m in found
-                if isinstance(m.id, str) and REPO_ID.fullmatch(m.id)]
+                if is_repo_id(m.id)]
 
     def download(self, listing: RepoListing, file: RemoteFile, on_bytes: Callable[[int], None],
                  cancelled: Cancelled = never) -> Path:
@@ -268,10 +273,19 @@ MAX_LISTING_BYTES = 64 << 20  # a JSON file list (the largest real repos list a 
 
 def get_json(url: str, headers: dict[str, str], params: dict[str, str]) -> Any:
     """GET a JSON document (ValueError when it is not JSON or too large to be a file list)."""
+    return _json("GET", url, headers, params=params)
+
+
+def put_json(url: str, headers: dict[str, str], body: dict[str, Any]) -> Any:
+    """PUT a JSON body and read the JSON answer, as `get_json` reads it (ModelScope's model search)."""
+    return _json("PUT", url, headers, json=body)
+
+
+def _json(method: str, url: str, headers: dict[str, str], **request: Any) -> Any:
     from huggingface_hub.utils import get_session, hf_raise_for_status
 
-    with get_session().stream("GET", url, headers=headers, params=params, timeout=DOWNLOAD_TIMEOUT_S,
-                              follow_redirects=True) as response:
+    with get_session().stream(method, url, headers=headers, timeout=DOWNLOAD_TIMEOUT_S, follow_redirects=True,
+                              **request) as response:
         hf_raise_for_status(response)
         body = bytearray()
         for chunk in response.iter_bytes():

@@ -2,7 +2,10 @@
 
 - `GET {endpoint}/api/v1/models/{owner}/{name}/repo/files?Revision=master&Recursive=True`: the file list,
   `{"Code": 200, "Success": true, "Data": {"Files": [{"Path", "Type": "blob"|"tree", "Size", "Sha256"}]}}`;
-- `GET {endpoint}/api/v1/models/{owner}/{name}/repo?Revision=...&FilePath=...`: a file's bytes, with ranges.
+- `GET {endpoint}/api/v1/models/{owner}/{name}/repo?Revision=...&FilePath=...`: a file's bytes, with ranges;
+- `PUT {endpoint}/api/v1/dolphin/models` with `{"Name": word, "SortBy": "DownloadsCount", "PageSize": n, ...}`: the
+  model search ModelScope's site, its MCP server and GPUStack use (the library has none), answered with
+  `{"Code": 200, "Data": {"Model": {"Models": [{"Path": owner, "Name": name, "Downloads": n}]}}}`.
 
 The `modelscope` package is not a dependency: its downloader has no cancellation, keeps no partial in the
 store's layout and brings requests, tqdm and its own cache; the store's download (resume, sha256, the
@@ -30,8 +33,10 @@ from runtime.store.hub import (
     dropped_when_unusable,
     fetch,
     get_json,
+    is_repo_id,
     never,
     place,
+    put_json,
     read_start,
     transport_errors,
 )
@@ -77,6 +82,39 @@ class ModelScope:
         files = [self._remote_file(repo, e) for e in entries if isinstance(e, dict) and e.get("Type") != "tree"]
         commit = layout.local_commit([revision, *(f"{f.path}:{f.sha256}:{f.size}" for f in files)])
         return RepoListing(repo, revision, commit, {f.path: f for f in files})
+
+    def search(self, query: str, limit: int) -> list[tuple[str, int]]:
+        """(repo, downloads) of up to `limit` repos whose name contains `query`, most downloaded first. By name
+        only: what a repo holds is read from its file list (runtime.store.search), not from tags."""
+        body = {"Name": query, "Criterion": [], "SingleCriterion": [], "SortBy": "DownloadsCount", "PageNumber": 1,
+                "PageSize": limit}
+        with transport_errors(self.endpoint, UNREACHABLE_HINT, self._search_error):
+            try:
+                answer = put_json(f"{self.endpoint}/api/v1/dolphin/models", self._headers(), body)
+            except ValueError:
+                raise self._bad_answer(query, "search result", "(not JSON)") from None
+        repos = []
+        for model in self._found_models(query, answer)[:limit]:
+            owner, name, downloads = model.get("Path"), model.get("Name"), model.get("Downloads")
+            repo = f"{owner}/{name}"
+            if isinstance(owner, str) and isinstance(name, str) and is_repo_id(repo):  # else no repo: left out
+                counted = isinstance(downloads, int) and not isinstance(downloads, bool) and downloads >= 0
+                repos.append((repo, downloads if counted else 0))
+        return repos
+
+    def _found_models(self, query: str, answer: Any) -> list[dict[str, Any]]:
+        data = answer.get("Data") if isinstance(answer, dict) else None
+        found = data.get("Model") if isinstance(data, dict) else None
+        models = found.get("Models") if isinstance(found, dict) else None
+        if not isinstance(models, list) or answer.get("Code", 200) not in (200, "200"):
+            raise self._bad_answer(query, "search result", type(models).__name__)
+        return [model for model in models if isinstance(model, dict)]
+
+    def _search_error(self, status: int) -> Exception:
+        if status >= 500 or status == 429:
+            return HubUnreachableError(f"{self.endpoint} answered HTTP {status}; try again later.", retry_after=30)
+        return StoreError(f"{self.endpoint} answered HTTP {status} to the model search. If MODELSCOPE_ENDPOINT "
+                          "points at a mirror, it may not offer one: pull by name (ms://owner/repo).")
 
     def download(self, listing: RepoListing, file: RemoteFile, on_bytes: Callable[[int], None],
                  cancelled: Cancelled = never) -> Path:

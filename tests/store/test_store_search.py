@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hubserver import FakeHub, tiny_gguf
 
-from runtime.errors import InvalidRequestError
+from runtime.errors import HubResponseError, InvalidRequestError
 from runtime.store.search import search
 
 
@@ -69,3 +69,56 @@ def test_the_cli_prints_whole_names_and_json(hub: FakeHub, stacklet_home: Path) 
     refused = subprocess.run([sys.executable, "-m", "cli", "search", "smol", "--limit", "99"], env=env,
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and refused.stderr.strip() == "error: --limit takes 1 to 50."
+
+
+def test_modelscope_search_by_name_most_downloaded_first(hub: FakeHub, stacklet_home: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", hub.url)
+    found = search(stacklet_home, "smol", hub="modelscope", limit=10)
+    assert [f["repo"] for f in found] == ["bartowski/Smol-Big-GGUF", "org/Smol-GGUF", "org/Smol-Sharded-GGUF"]
+    assert found[0]["pull"] == "modelscope.cn/bartowski/Smol-Big-GGUF" and found[0]["downloads"] == 500
+    assert [q["quant"] for q in found[0]["quants"]] == ["Q2_K", "Q8_0"]
+    request = hub.state.bodies[-1]
+    assert (request["Name"], request["SortBy"], request["PageSize"]) == ("smol", "DownloadsCount", 10)
+    # By name only: the file lists decide the kind, so tags a ModelScope repo may lack never hide it.
+    whisper = search(stacklet_home, "smol", kind="transcription", hub="modelscope")
+    assert [(f["repo"], f["pull"]) for f in whisper] == [("org/Smol-whisper", "modelscope.cn/org/Smol-whisper")]
+    with pytest.raises(InvalidRequestError):
+        search(stacklet_home, "smol", hub="github")
+
+
+@pytest.mark.parametrize("answer", [
+    [], {"Code": 200, "Data": None}, {"Code": 200, "Data": {"Model": {"Models": "many"}}},
+    {"Code": 10010205001, "Data": {"Model": {"Models": []}}, "Message": "error"},
+])
+def test_a_modelscope_search_answer_of_the_wrong_shape_is_refused(hub: FakeHub, stacklet_home: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch, answer) -> None:
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", hub.url)
+    hub.state.rewrite_search = lambda _: answer
+    with pytest.raises(HubResponseError, match="invalid search result"):
+        search(stacklet_home, "smol", hub="modelscope")
+
+
+def test_hostile_modelscope_rows_are_left_out_and_bounded(hub: FakeHub, stacklet_home: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", hub.url)
+    rows = [{"Path": "..", "Name": "etc"}, {"Path": "org/x", "Name": "y"}, "not a row", {"Path": "org"},
+            {"Path": "org", "Name": "Smol-GGUF", "Downloads": "lots"}, {"Path": "org", "Name": "Smol-GGUF"}]
+    hub.state.rewrite_search = lambda answer: {**answer, "Data": {"Model": {"Models": rows * 100}}}
+    found = search(stacklet_home, "smol", hub="modelscope", limit=6)
+    assert [(f["repo"], f["downloads"]) for f in found] == [("org/Smol-GGUF", 0), ("org/Smol-GGUF", 0)]
+    assert not any(".." in path for _, path, _ in hub.state.log)
+    assert len([1 for method, path, _ in hub.state.log if method == "GET" and path.endswith("/repo/files")]) == 2
+
+
+def test_the_cli_searches_the_configured_hub(hub: FakeHub, stacklet_home: Path) -> None:
+    env = {**os.environ, "MODELSCOPE_ENDPOINT": hub.url, "STACKLET_HOME": str(stacklet_home),
+           "STACKLET_HUB": "modelscope", "HF_ENDPOINT": "http://127.0.0.1:9"}  # Hugging Face is out of reach
+    listed = subprocess.run([sys.executable, "-m", "cli", "search", "smol", "--limit", "2"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[1].startswith("bartowski/Smol-Big-GGUF")
+    assert "stacklet pull modelscope.cn/OWNER/REPO" in listed.stdout.replace("\n", " ")
+    on_hf = subprocess.run([sys.executable, "-m", "cli", "search", "smol", "--hub", "huggingface"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert on_hf.returncode != 0 and "Cannot reach http://127.0.0.1:9" in on_hf.stderr
