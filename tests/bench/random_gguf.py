@@ -27,19 +27,23 @@ class Shape:
     heads: int
     kv_heads: int
     ffn: int
-    tied: bool  # the output head is the token embedding
 
 
-# Llama 3.x's shapes (vocabulary aside: SmolLM2's has 49,152 tokens against Llama's 128,256).
+# Llama 3.x's shapes (vocabulary aside: SmolLM2's has 49,152 tokens against Llama's 128,256), each with an
+# output head of its own: one tied to the embedding would make a random model repeat its input.
 SHAPES = {
-    "tiny": Shape(width=64, layers=2, heads=4, kv_heads=2, ffn=128, tied=True),
-    "1b": Shape(width=2048, layers=16, heads=32, kv_heads=8, ffn=8192, tied=True),
-    "8b": Shape(width=4096, layers=32, heads=32, kv_heads=8, ffn=14336, tied=False),
-    "70b": Shape(width=8192, layers=80, heads=64, kv_heads=8, ffn=28672, tied=False),
+    "tiny": Shape(width=64, layers=2, heads=4, kv_heads=2, ffn=128),
+    "1b": Shape(width=2048, layers=16, heads=32, kv_heads=8, ffn=8192),
+    "8b": Shape(width=4096, layers=32, heads=32, kv_heads=8, ffn=14336),
+    "70b": Shape(width=8192, layers=80, heads=64, kv_heads=8, ffn=28672),
 }
 TYPES = {"f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}
 POOL_ROWS = 64  # distinct random rows per tensor; the rest repeat them, which changes no kernel's speed
 WEIGHT_SCALE = 0.02
+# The output head's rows are all distinct and scaled to logits of this spread, as a trained model's: a few
+# hundred tokens within reach of the likeliest, the rest negligible. Flat logits (the other weights' scale)
+# would make every server's sampler work on the whole vocabulary.
+LOGIT_STD = 8.0
 
 
 def tensor_shapes(shape: Shape, vocab: int) -> dict[str, tuple[int, int] | tuple[int]]:
@@ -54,8 +58,7 @@ def tensor_shapes(shape: Shape, vocab: int) -> dict[str, tuple[int, int] | tuple
     for i in range(shape.layers):
         tensors |= {f"blk.{i}.{name}.weight": dims for name, dims in layer.items()}
     tensors["output_norm.weight"] = (shape.width,)
-    if not shape.tied:
-        tensors["output.weight"] = (vocab, shape.width)
+    tensors["output.weight"] = (vocab, shape.width)
     return tensors
 
 
@@ -71,11 +74,13 @@ def _tokenizer_fields(writer, source: Path) -> int:
     return len(reader.fields["tokenizer.ggml.tokens"].contents())
 
 
-def _weights(rng: np.random.Generator, rows: int, cols: int, qtype) -> np.ndarray:
-    """A (rows, cols) weight in `qtype` as GGUF stores it: POOL_ROWS random rows, quantized, repeated."""
+def _weights(rng: np.random.Generator, rows: int, cols: int, qtype, head: bool) -> np.ndarray:
+    """A (rows, cols) weight in `qtype` as GGUF stores it: POOL_ROWS random rows, quantized, repeated (the
+    output head: every row random)."""
     import gguf
 
-    pool = (rng.standard_normal((min(rows, POOL_ROWS), cols), dtype=np.float32) * WEIGHT_SCALE)
+    pool_rows, scale = (rows, LOGIT_STD / np.sqrt(cols)) if head else (min(rows, POOL_ROWS), WEIGHT_SCALE)
+    pool = rng.standard_normal((pool_rows, cols), dtype=np.float32) * scale
     if qtype == gguf.GGMLQuantizationType.F16:
         return np.resize(pool.astype(np.float16), (rows, cols))
     quantized = gguf.quants.quantize(pool, qtype)
@@ -119,13 +124,13 @@ def write(out: Path, shape: Shape, type_name: str, seed: int = 0) -> dict[str, i
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     rng = np.random.default_rng(seed)
-    for dims in shapes.values():
-        data = np.ones(dims, np.float32) if len(dims) == 1 else _weights(rng, dims[0], dims[1], qtype)
+    for name, dims in shapes.items():
+        data = np.ones(dims, np.float32) if len(dims) == 1 else _weights(rng, *dims, qtype, name == "output.weight")
         writer.write_tensor_data(data)
     writer.close()
     params = sum(int(np.prod(dims)) for dims in shapes.values())
-    embedding_rows = 0 if shape.tied else sizes["token_embd.weight"]  # a lookup reads one row, not the table
-    return {"params": params, "bytes": sum(sizes.values()), "bytes_per_token": sum(sizes.values()) - embedding_rows}
+    embedding = sizes["token_embd.weight"]  # a lookup reads one row, not the table
+    return {"params": params, "bytes": sum(sizes.values()), "bytes_per_token": sum(sizes.values()) - embedding}
 
 
 def main() -> None:

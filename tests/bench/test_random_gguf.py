@@ -15,8 +15,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import random_gguf  # noqa: E402
 
-UNTIED = random_gguf.Shape(width=64, layers=1, heads=4, kv_heads=2, ffn=128, tied=False)
-
 
 @pytest.mark.parametrize("type_name", list(random_gguf.TYPES))
 def test_llama_cpp_runs_it_with_smollm2s_tokenizer(tmp_path: Path, smollm_gguf: Path, type_name: str) -> None:
@@ -37,7 +35,7 @@ def test_llama_cpp_runs_it_with_smollm2s_tokenizer(tmp_path: Path, smollm_gguf: 
 
 def test_sizes_are_the_files(tmp_path: Path) -> None:
     path = tmp_path / "model.gguf"
-    size = random_gguf.write(path, UNTIED, "q4_0")
+    size = random_gguf.write(path, random_gguf.SHAPES["tiny"], "q4_0")
     tensors = {t.name: t for t in gguf.GGUFReader(path).tensors}
     assert "output.weight" in tensors
     assert tensors["blk.0.ffn_gate.weight"].tensor_type == gguf.GGMLQuantizationType.Q4_0
