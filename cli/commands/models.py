@@ -15,6 +15,7 @@ from cli.output import say
 from runtime.errors import InvalidRequestError, StackletError
 from runtime.spec import KINDS, model_capabilities
 from runtime.store.fit import POLICIES
+from runtime.store.search import PULL_PREFIXES
 from runtime.store.search import TAGS as SEARCH_TAGS
 from runtime.store.selection import HUBS
 
@@ -383,9 +384,8 @@ def search(query: str = typer.Argument(..., help="A word of the repo name, e.g. 
         return
     output.listing(["REPO", "FORMAT", "QUANTS / SIZE", "DOWNLOADS"],
                    [[f["repo"], f["format"], _offer(f), f["downloads"]] for f in found])
-    prefix = found[0]["pull"].split("/", 1)[0]
-    say(f"Pull one: stacklet pull {prefix}/OWNER/REPO[:QUANT] (without a quant, the largest that fits this "
-        "machine).", markup=False)
+    say(f"Pull one: stacklet pull {PULL_PREFIXES[HUBS[hub_name]]}/OWNER/REPO[:QUANT] (without a quant, the largest "
+        "that fits this machine).", markup=False)
 
 
 def _offer(found: dict[str, Any]) -> str:
