@@ -8,12 +8,14 @@ with the tag the kind's files carry), then each repo's file list, read as a pull
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.errors import FileNotInRepoError, InvalidRequestError, StackletError
 from runtime.store import selection
 from runtime.store.hub import Hub, RepoListing
-from runtime.store.modelscope import ModelScope
+
+if TYPE_CHECKING:
+    from runtime.store.modelscope import ModelScope
 
 # The hub tag that repos of each kind's files carry.
 TAGS = {"llm": "gguf", "embedding": "gguf", "rerank": "gguf", "image": "text-to-image", "speech": "onnx",
@@ -39,6 +41,8 @@ def search(models_dir: Path, query: str, kind: str = "llm", limit: int = 10, tok
     source = selection.HUBS[hub]
     client: Hub | ModelScope
     if source == "ms":
+        from runtime.store.modelscope import ModelScope  # not on the CLI's start-up path, which reads TAGS
+
         client = ModelScope(models_dir, token=token, endpoint=endpoint)
         repos = client.search(query.strip(), limit)
     else:

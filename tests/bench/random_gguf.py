@@ -9,9 +9,11 @@ Prints the file's parameters and the bytes one decoded token reads (every weight
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,16 +64,16 @@ def tensor_shapes(shape: Shape, vocab: int) -> dict[str, tuple[int, int] | tuple
     return tensors
 
 
-def _tokenizer_fields(writer, source: Path) -> int:
-    """Copy the source model's tokenizer and chat template; returns its vocabulary size."""
+@functools.cache
+def _tokenizer_fields(source: Path) -> tuple[list[tuple[str, Any, Any, Any]], int]:
+    """The source model's tokenizer and chat template fields (key, value, type, sub-type), and its vocabulary
+    size; read once per process (seconds for SmolLM2's 49k tokens and merges)."""
     import gguf
 
     reader = gguf.GGUFReader(source)
-    for key, field in reader.fields.items():
-        if key.startswith("tokenizer."):
-            sub_type = field.types[1] if len(field.types) > 1 else None
-            writer.add_key_value(key, field.contents(), field.types[0], sub_type=sub_type)
-    return len(reader.fields["tokenizer.ggml.tokens"].contents())
+    fields = [(key, field.contents(), field.types[0], field.types[1] if len(field.types) > 1 else None)
+              for key, field in reader.fields.items() if key.startswith("tokenizer.")]
+    return fields, len(reader.fields["tokenizer.ggml.tokens"].contents())
 
 
 def _weights(rng: np.random.Generator, rows: int, cols: int, qtype, head: bool) -> np.ndarray:
@@ -94,7 +96,9 @@ def write(out: Path, shape: Shape, type_name: str, seed: int = 0) -> dict[str, i
     qtype = gguf.GGMLQuantizationType[TYPES[type_name]]
     writer = gguf.GGUFWriter(str(out), "llama")
     writer.add_name(f"random llama {shape.width}x{shape.layers} {type_name}")
-    vocab = _tokenizer_fields(writer, testmodels.smollm_gguf())
+    fields, vocab = _tokenizer_fields(testmodels.smollm_gguf())
+    for key, value, value_type, sub_type in fields:
+        writer.add_key_value(key, value, value_type, sub_type=sub_type)
     writer.add_context_length(131072)
     writer.add_embedding_length(shape.width)
     writer.add_block_count(shape.layers)

@@ -15,10 +15,8 @@ missing=(fastapi starlette pydantic pydantic-core annotated-types annotated-doc 
 pins=$("$python" -c 'import sys, importlib.metadata as m; print(" ".join(f"{n}=={m.version(n)}" for n in sys.argv[1:]))' "${missing[@]}")
 llama_version=$("$python" -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')
 rm -rf .gpu && mkdir -p .gpu/wheels .gpu/sdist
-platforms=()
-for tag in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do
-    platforms+=(--platform "$tag")
-done
+platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
+           --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 # shellcheck disable=SC2086  # one argument per pin
 "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     "${platforms[@]}" -d .gpu/wheels $pins
